@@ -1,0 +1,1 @@
+"""Provider adapters: they map provider payloads to and from the domain types in ports.py."""

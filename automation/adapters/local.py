@@ -1,0 +1,208 @@
+"""The embedded providers: calendar files and Maildir folders, for set-up-free local use.
+
+Calendars: one ``<email>.ics`` per person, a feed any calendar client can subscribe to. Each
+write replaces the components of one UID in each participant's file, atomically (write to a
+temporary file, then rename), so a reader never sees half a calendar.
+
+Mail: outgoing messages land in a Maildir named after a hash of their Message-ID, which is
+what lets a retry see that an earlier attempt already sent the message. Incoming messages are
+read from another Maildir's ``new/`` and moved to ``cur/`` once stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import icalendar
+from dateutil.rrule import rrulestr
+
+from automation.domain.cadence import localize, zone
+from automation.ports import SeriesEvent
+
+PRODID = "-//checkin-automation//local calendar//EN"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def series_components(event: SeriesEvent, stamp: dt.datetime) -> list[icalendar.Event]:
+    """The master VEVENT plus one per moved instance (RECURRENCE-ID), per RFC 5545."""
+    tz = zone(event.timezone)
+    start = localize(event.dtstart_local, tz)
+    master = icalendar.Event()
+    master.add("uid", event.uid)
+    master.add("sequence", event.sequence)
+    master.add("dtstamp", stamp)
+    master.add("dtstart", start)
+    master.add("dtend", start + dt.timedelta(minutes=event.duration_minutes))
+    master.add("rrule", icalendar.vRecur.from_ical(event.rrule))
+    master.add("summary", event.summary)
+    master.add("description", event.description)
+    master.add("status", "CANCELLED" if event.cancelled else "CONFIRMED")
+    organizer = icalendar.vCalAddress(f"mailto:{event.organizer.email}")
+    organizer.params["cn"] = event.organizer.name
+    master.add("organizer", organizer)
+    for person in event.attendees:
+        attendee = icalendar.vCalAddress(f"mailto:{person.email}")
+        attendee.params.update(
+            {
+                "cn": person.name,
+                "role": "REQ-PARTICIPANT",
+                "partstat": "NEEDS-ACTION",
+                "rsvp": "TRUE",
+            }
+        )
+        master.add("attendee", attendee)
+    moved = []
+    for o in event.overrides:
+        original = o.recurrence_id.astimezone(tz)
+        if o.cancelled:
+            master.add("exdate", original)
+            continue
+        instance = icalendar.Event()
+        for key in ("uid", "sequence", "summary", "description", "organizer", "attendee"):
+            if key in master:
+                instance[key] = master[key]
+        instance.add("dtstamp", stamp)
+        instance.add("recurrence-id", original)
+        instance.add("dtstart", o.start.astimezone(tz))
+        instance.add("dtend", o.end.astimezone(tz))
+        instance.add("status", "CONFIRMED")
+        moved.append(instance)
+    return [master, *moved]
+
+
+class LocalCalendar:
+    """Calendar files under one folder: ``<email>.ics`` per person."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._lock = threading.Lock()
+
+    def path_for(self, email: str) -> Path:
+        return self.folder / f"{email.lower()}.ics"
+
+    def _read(self, email: str) -> icalendar.Calendar:
+        path = self.path_for(email)
+        if path.exists():
+            return icalendar.Calendar.from_ical(path.read_bytes())
+        cal = icalendar.Calendar()
+        cal.add("prodid", PRODID)
+        cal.add("version", "2.0")
+        cal.add("x-wr-calname", f"Check-ins: {email}")
+        return cal
+
+    def write_series(self, event: SeriesEvent, stamp: dt.datetime | None = None) -> None:
+        stamp = stamp or dt.datetime.now(dt.UTC)
+        components = series_components(event, stamp)
+        people = [event.organizer.email, *(a.email for a in event.attendees)]
+        with self._lock:
+            for email in dict.fromkeys(p.lower() for p in people):
+                cal = self._read(email)
+                kept = [
+                    c
+                    for c in cal.subcomponents
+                    if not (c.name == "VEVENT" and str(c.get("uid")) == event.uid)
+                    and c.name != "VTIMEZONE"
+                ]
+                cal.subcomponents = [*kept, *components]
+                cal.add_missing_timezones()
+                _atomic_write(self.path_for(email), cal.to_ical())
+
+    def busy(
+        self, emails: Sequence[str], start: dt.datetime, end: dt.datetime
+    ) -> list[tuple[dt.datetime, dt.datetime]]:
+        """Scan each person's file and expand its series (the embedded free/busy)."""
+        out: list[tuple[dt.datetime, dt.datetime]] = []
+        for email in emails:
+            path = self.path_for(email)
+            if not path.exists():
+                continue
+            cal = icalendar.Calendar.from_ical(path.read_bytes())
+            for comp in cal.walk("VEVENT"):
+                if "recurrence-id" in comp or str(comp.get("status")) == "CANCELLED":
+                    continue
+                first = comp.decoded("dtstart")
+                length = comp.decoded("dtend") - first
+                if "rrule" not in comp:
+                    starts = [first]
+                else:
+                    rule = rrulestr(
+                        comp["rrule"].to_ical().decode(), dtstart=first.replace(tzinfo=None)
+                    )
+                    tz = first.tzinfo
+                    starts = [
+                        localize(s, tz)
+                        for s in rule.between(
+                            start.astimezone(tz).replace(tzinfo=None) - length,
+                            end.astimezone(tz).replace(tzinfo=None),
+                            inc=True,
+                        )
+                    ]
+                for s in starts:
+                    if s < end and s + length > start:
+                        out.append((s.astimezone(dt.UTC), (s + length).astimezone(dt.UTC)))
+        return out
+
+
+def _maildir(folder: Path) -> Path:
+    for sub in ("tmp", "new", "cur"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class MaildirSender:
+    """Delivers outgoing mail into a Maildir, one file per Message-ID."""
+
+    def __init__(self, folder: Path):
+        self.folder = _maildir(folder)
+
+    @staticmethod
+    def _name(message_id: str) -> str:
+        return hashlib.sha256(message_id.encode()).hexdigest()[:32] + ".eml"
+
+    def already_sent(self, message_id: str) -> bool:
+        name = self._name(message_id)
+        return (self.folder / "new" / name).exists() or any((self.folder / "cur").glob(name + "*"))
+
+    def send(self, message_id: str, raw: bytes, recipients: Sequence[str]) -> None:
+        name = self._name(message_id)
+        tmp = self.folder / "tmp" / name
+        tmp.write_bytes(raw)
+        os.replace(tmp, self.folder / "new" / name)
+
+    def messages(self) -> list[bytes]:
+        files = sorted([*(self.folder / "new").iterdir(), *(self.folder / "cur").iterdir()])
+        return [f.read_bytes() for f in files]
+
+
+class MaildirInbox:
+    """Reads a Maildir's new/ folder; acknowledged messages move to cur/ (flag Seen)."""
+
+    def __init__(self, folder: Path):
+        self.folder = _maildir(folder)
+
+    def fetch(self, limit: int = 100) -> Iterator[tuple[str, bytes]]:
+        entries = sorted((self.folder / "new").iterdir(), key=lambda p: p.name)[:limit]
+        for path in entries:
+            yield path.name, path.read_bytes()
+
+    def ack(self, key: str) -> None:
+        src = self.folder / "new" / key
+        if src.exists():
+            os.replace(src, self.folder / "cur" / f"{key}:2,S")
+
+    def deliver(self, raw: bytes, key: str) -> None:
+        """Drop a message into new/ (what an MTA's Maildir delivery does)."""
+        tmp = self.folder / "tmp" / key
+        tmp.write_bytes(raw)
+        os.replace(tmp, self.folder / "new" / key)

@@ -1,0 +1,135 @@
+"""Engines, sessions, migrations and the atomic claim of due work.
+
+SQLite (the embedded default) and PostgreSQL run the same code. The only differences live
+here: SQLite gets WAL, foreign keys and a busy timeout; PostgreSQL gets ``FOR UPDATE SKIP
+LOCKED`` when the tick picks due rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, or_, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from automation.models import Task, TaskState
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Python's sqlite3 opens transactions lazily; BEGIN IMMEDIATE on first write is
+            # what makes the claim UPDATE below atomic across threads and processes.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def alembic_config(url: str | None = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (idempotent)."""
+    from alembic import command
+
+    cfg = alembic_config()
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+
+
+def due_task_ids(session: Session, now: dt.datetime, limit: int = 500) -> list[int]:
+    """Ids of tasks that are due, or whose lease ran out, oldest first.
+
+    Served by the (state, due_at) index: the cost follows the number of due rows, not the size
+    of the table. On PostgreSQL the rows are locked with SKIP LOCKED so ticks on several
+    machines pick disjoint sets.
+    """
+    query = (
+        select(Task.id)
+        .where(
+            or_(
+                (Task.state == TaskState.PENDING) & (Task.due_at <= now),
+                (Task.state == TaskState.LEASED) & (Task.lease_until < now),
+            )
+        )
+        .order_by(Task.due_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def claim_task(session: Session, task_id: int, now: dt.datetime, lease_seconds: int) -> Task | None:
+    """Take the lease on a task if it is still due; return it, or None if someone else has it.
+
+    A conditional UPDATE is the whole protocol: the first worker to flip the row wins, and a
+    worker that dies leaves a lease that expires and makes the task due again.
+    """
+    lease_until = now + dt.timedelta(seconds=lease_seconds)
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id)
+        .where(
+            or_(
+                (Task.state == TaskState.PENDING) & (Task.due_at <= now),
+                (Task.state == TaskState.LEASED) & (Task.lease_until < now),
+            )
+        )
+        .values(
+            state=TaskState.LEASED,
+            lease_until=lease_until,
+            attempts=Task.attempts + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None  # nothing updated: another worker got there first, or it is not due
+    return session.get(Task, task_id, populate_existing=True)

@@ -1,0 +1,156 @@
+"""Email templates and MIME building.
+
+Every message's words live in ``templates/email/<name>/{subject.txt,body.txt,body.html}``.
+They render in a Jinja2 sandbox with ``StrictUndefined`` (a misspelt variable is an error, not
+a blank) and HTML autoescape for ``.html`` files, so HR can edit them without being able to
+reach into Python or inject markup through a person's name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.policy
+import email.utils
+from dataclasses import dataclass
+from email.message import EmailMessage
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from automation.errors import ConfigError, ConfigProblem
+
+PARTS = ("subject.txt", "body.txt", "body.html")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+@lru_cache(maxsize=8)
+def environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        loader=FileSystemLoader(str(templates_dir)),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["date"] = lambda value, fmt="%A %d %B %Y, %H:%M": value.strftime(fmt)
+    return env
+
+
+def template_names(templates_dir: Path) -> list[str]:
+    root = templates_dir / "email"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def render(templates_dir: Path, name: str, context: dict[str, Any]) -> Rendered:
+    """Render the three parts of one email; raise ConfigError naming the template on failure."""
+    env = environment(templates_dir)
+    parts = []
+    for part in PARTS:
+        path = f"email/{name}/{part}"
+        try:
+            parts.append(env.get_template(path).render(context))
+        except TemplateError as exc:
+            where = f"line {exc.lineno}" if getattr(exc, "lineno", None) else "(template)"
+            raise ConfigError(
+                ConfigProblem(
+                    str(templates_dir / path),
+                    where,
+                    f"{type(exc).__name__}: {exc.message or exc}",
+                    "fix the template or the variable name",
+                )
+            ) from exc
+    subject = " ".join(parts[0].split())  # one line, no header injection through newlines
+    return Rendered(subject, parts[1], parts[2])
+
+
+def render_text(templates_dir: Path, path: str, context: dict[str, Any]) -> str:
+    """Render a single non-email template, such as the calendar invite's description."""
+    try:
+        return environment(templates_dir).get_template(path).render(context)
+    except TemplateError as exc:
+        raise ConfigError(
+            ConfigProblem(str(templates_dir / path), "(template)", f"{type(exc).__name__}: {exc}")
+        ) from exc
+
+
+def check_templates(templates_dir: Path) -> list[ConfigProblem]:
+    """Syntax-check every template and report missing parts; renders nothing."""
+    env = environment(templates_dir)
+    problems = []
+    for name in template_names(templates_dir):
+        for part in PARTS:
+            path = f"email/{name}/{part}"
+            if not (templates_dir / path).exists():
+                problems.append(
+                    ConfigProblem(
+                        str(templates_dir / path),
+                        "(file)",
+                        "missing",
+                        f"every email needs {', '.join(PARTS)}",
+                    )
+                )
+                continue
+            try:
+                env.parse(env.loader.get_source(env, path)[0])  # type: ignore[union-attr]
+            except TemplateError as exc:
+                problems.append(
+                    ConfigProblem(
+                        str(templates_dir / path), f"line {getattr(exc, 'lineno', '?')}", str(exc)
+                    )
+                )
+    return problems
+
+
+def make_message_id(key: str, domain: str) -> str:
+    """A deterministic Message-ID: the same outbox key always yields the same id."""
+    import hashlib
+
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return f"<{digest}@{domain}>"
+
+
+def build_message(
+    rendered: Rendered,
+    *,
+    sender: str,
+    to: list[str],
+    message_id: str,
+    date: dt.datetime,
+    reply_to: str | None = None,
+    cc: list[str] | None = None,
+    in_reply_to: str | None = None,
+    references: list[str] | None = None,
+    preferences_url: str | None = None,
+) -> bytes:
+    """A multipart/alternative RFC 5322 message, ready for any transport."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    if cc:
+        msg["Cc"] = ", ".join(cc)
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    msg["Subject"] = rendered.subject
+    msg["Date"] = email.utils.format_datetime(date.astimezone(dt.UTC))
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if references:
+        msg["References"] = " ".join(references)
+    # RFC 3834: tell other robots not to auto-reply to us.
+    msg["Auto-Submitted"] = "auto-generated"
+    if preferences_url:
+        msg["List-Unsubscribe"] = f"<{preferences_url}>"
+    msg.set_content(rendered.text)
+    msg.add_alternative(rendered.html, subtype="html")
+    return msg.as_bytes()

@@ -1,0 +1,370 @@
+"""The database schema: SQLAlchemy 2.0 typed models.
+
+Every row belongs to exactly one organization. References between rows are composite foreign
+keys ``(organization_id, x_id) -> (organization_id, id)``, so the database itself refuses a row
+that points into another organization; no join can cross tenants by accident.
+
+Times are stored in UTC (``UTCDateTime`` returns aware datetimes on SQLite and PostgreSQL).
+Work is a row with a state and a due time (``tasks``); the queue only carries task ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def org_fk(column: str, table: str) -> ForeignKeyConstraint:
+    """A reference that must stay inside the row's own organization."""
+    return ForeignKeyConstraint(
+        ["organization_id", column], [f"{table}.organization_id", f"{table}.id"]
+    )
+
+
+class OrgScoped:
+    """Columns every tenant-owned table has."""
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+
+
+class OccurrenceState(enum.StrEnum):
+    PLANNED = "planned"
+    INVITED = "invited"
+    HELD = "held"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class OutboundState(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class InboundState(enum.StrEnum):
+    RECEIVED = "received"
+    RECORDED = "recorded"
+    QUARANTINED = "quarantined"
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    audit_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    audit_head: Mapped[str] = mapped_column(String(64), default="0" * 64)
+    created_at: Mapped[dt.datetime]
+
+
+class Person(OrgScoped, Base):
+    __tablename__ = "people"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "email"),
+        org_fk("manager_id", "people"),
+        org_fk("hr_partner_id", "people"),
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    manager_id: Mapped[int | None]
+    hr_partner_id: Mapped[int | None]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class Cadence(OrgScoped, Base):
+    """A cadence as loaded from config/cadences/*.toml; ``definition`` is the checked data."""
+
+    __tablename__ = "cadences"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "name"),
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    source_file: Mapped[str] = mapped_column(String(500))
+    digest: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[dt.datetime]
+
+
+class CheckinSeries(OrgScoped, Base):
+    """A recurring 1:1 between a manager and a report, as one calendar series."""
+
+    __tablename__ = "checkin_series"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "cadence_id", "employee_id"),
+        UniqueConstraint("uid"),
+        org_fk("cadence_id", "cadences"),
+        org_fk("manager_id", "people"),
+        org_fk("employee_id", "people"),
+    )
+    cadence_id: Mapped[int]
+    manager_id: Mapped[int]
+    employee_id: Mapped[int]
+    uid: Mapped[str] = mapped_column(String(200))
+    rrule: Mapped[str] = mapped_column(String(300))
+    dtstart_local: Mapped[str] = mapped_column(String(19))  # ISO local wall time, in `timezone`
+    timezone: Mapped[str] = mapped_column(String(64))
+    duration_minutes: Mapped[int]
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    planned_until: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class Occurrence(OrgScoped, Base):
+    __tablename__ = "occurrences"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("series_id", "recurrence_id"),
+        org_fk("series_id", "checkin_series"),
+    )
+    series_id: Mapped[int]
+    recurrence_id: Mapped[dt.datetime]  # the original start (RFC 5545 RECURRENCE-ID), UTC
+    start_at: Mapped[dt.datetime]
+    end_at: Mapped[dt.datetime]
+    state: Mapped[str] = mapped_column(String(20), default=OccurrenceState.PLANNED)
+    documented_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class Pip(OrgScoped, Base):
+    __tablename__ = "pips"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        org_fk("employee_id", "people"),
+        org_fk("manager_id", "people"),
+    )
+    employee_id: Mapped[int]
+    manager_id: Mapped[int]
+    title: Mapped[str] = mapped_column(String(200))
+    started_on: Mapped[dt.datetime]
+    ends_on: Mapped[dt.datetime]
+    state: Mapped[str] = mapped_column(String(20), default="active")
+    outcome: Mapped[str | None] = mapped_column(String(40))
+    ladder: Mapped[list[Any]]
+    created_at: Mapped[dt.datetime]
+
+
+class PipReview(OrgScoped, Base):
+    __tablename__ = "pip_reviews"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("pip_id", "name"),
+        org_fk("pip_id", "pips"),
+    )
+    pip_id: Mapped[int]
+    name: Mapped[str] = mapped_column(String(100))
+    due_at: Mapped[dt.datetime]
+    documented_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+
+
+class OutboundMessage(OrgScoped, Base):
+    """The outbox: one row per email we intend to send, keyed so it is sent exactly once."""
+
+    __tablename__ = "outbound_messages"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "idempotency_key"),
+        UniqueConstraint("message_id"),
+        org_fk("occurrence_id", "occurrences"),
+        org_fk("pip_review_id", "pip_reviews"),
+    )
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))
+    message_id: Mapped[str] = mapped_column(String(300))
+    recipients: Mapped[list[Any]]
+    subject: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    occurrence_id: Mapped[int | None]
+    pip_review_id: Mapped[int | None]
+    state: Mapped[str] = mapped_column(String(20), default=OutboundState.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime]
+    sent_at: Mapped[dt.datetime | None]
+
+
+class InboundMessage(OrgScoped, Base):
+    """Every inbound email, stored raw and unchanged before anything reads it."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "sha256"),
+        org_fk("occurrence_id", "occurrences"),
+        org_fk("pip_review_id", "pip_reviews"),
+    )
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    source: Mapped[str] = mapped_column(String(40))
+    message_id: Mapped[str | None] = mapped_column(String(998))
+    from_address: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20), default=InboundState.RECEIVED)
+    quarantine_reason: Mapped[str | None] = mapped_column(Text)
+    occurrence_id: Mapped[int | None]
+    pip_review_id: Mapped[int | None]
+    received_at: Mapped[dt.datetime]
+    processed_at: Mapped[dt.datetime | None]
+
+
+class ConversationRecord(OrgScoped, Base):
+    """A documented conversation. Corrections add a version; nothing is overwritten."""
+
+    __tablename__ = "conversation_records"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "subject_kind", "subject_id", "version"),
+        org_fk("source_message_id", "inbound_messages"),
+        org_fk("author_id", "people"),
+    )
+    subject_kind: Mapped[str] = mapped_column(String(20))  # occurrence | pip_review
+    subject_id: Mapped[int]
+    version: Mapped[int]
+    source_message_id: Mapped[int]
+    author_id: Mapped[int]
+    body: Mapped[str] = mapped_column(Text)
+    answers: Mapped[dict[str, Any]]
+    rating: Mapped[int | None]
+    notes: Mapped[str] = mapped_column(Text, default="")
+    commands: Mapped[list[Any]]
+    created_at: Mapped[dt.datetime]
+
+
+class ActionItem(OrgScoped, Base):
+    __tablename__ = "action_items"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        org_fk("record_id", "conversation_records"),
+        org_fk("owner_id", "people"),
+    )
+    record_id: Mapped[int]
+    owner_id: Mapped[int | None]
+    text: Mapped[str] = mapped_column(Text)
+    due_on: Mapped[dt.date | None]
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime]
+
+
+class Escalation(OrgScoped, Base):
+    """One step of a ladder, sent. The unique key is what makes a step happen once."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "subject_kind", "subject_id", "step"),
+        org_fk("recipient_id", "people"),
+        org_fk("outbound_message_id", "outbound_messages"),
+    )
+    subject_kind: Mapped[str] = mapped_column(String(20))
+    subject_id: Mapped[int]
+    step: Mapped[int]
+    action: Mapped[str] = mapped_column(String(20))  # remind | escalate
+    recipient_id: Mapped[int]
+    outbound_message_id: Mapped[int | None]
+    created_at: Mapped[dt.datetime]
+
+
+class Task(OrgScoped, Base):
+    """A unit of due work. The tick enqueues due ids; a worker claims one with a lease."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "key"),
+        Index("ix_tasks_state_due", "state", "due_at"),
+    )
+    kind: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(200))
+    subject_id: Mapped[int]
+    due_at: Mapped[dt.datetime]
+    state: Mapped[str] = mapped_column(String(20), default=TaskState.PENDING)
+    lease_until: Mapped[dt.datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[str | None] = mapped_column(String(200))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class AuditEntry(OrgScoped, Base):
+    """Append-only and hash-chained per organization; triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("organization_id", "seq"),)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(60))
+    subject_kind: Mapped[str] = mapped_column(String(40))
+    subject_id: Mapped[int | None]
+    data: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

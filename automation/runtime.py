@@ -1,0 +1,77 @@
+"""Everything a service call needs, built once from the settings.
+
+Actors run in worker processes that share nothing with the process that enqueued them, so
+they find their runtime through :func:`current`, which builds it from the environment the
+first time. Tests and the demo install their own (with a simulated clock) through
+:func:`install`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from automation.adapters.local import LocalCalendar, MaildirInbox, MaildirSender
+from automation.clock import Clock, SystemClock
+from automation.config import load_cadences
+from automation.db import make_engine, session_factory
+from automation.domain.cadence import Cadence
+from automation.ports import CalendarProvider, InboxReader, MailSender
+from automation.settings import Settings, load_settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    factory: sessionmaker[Session]
+    clock: Clock
+    calendar: CalendarProvider
+    sender: MailSender
+    inbox: InboxReader
+    cadences: dict[str, Cadence]
+    # How a newly created task reaches a worker; the broker module sets the real one.
+    enqueue: Callable[[int], None] = field(default=lambda task_id: None)
+
+    def now(self):  # type: ignore[no-untyped-def]
+        return self.clock.now()
+
+
+def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
+    engine = make_engine(settings.database)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        factory=session_factory(engine),
+        clock=clock or SystemClock(),
+        calendar=LocalCalendar(settings.calendars),
+        sender=MaildirSender(settings.outbox),
+        inbox=MaildirInbox(settings.inbox),
+        cadences={c.name: c for c in load_cadences(settings)},
+    )
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+# Called on every runtime that current() builds; the workers package adds its enqueue hook.
+on_build: list[Callable[[Runtime], object]] = []
+
+
+def install(runtime: Runtime | None) -> None:
+    global _current
+    with _lock:
+        _current = runtime
+
+
+def current() -> Runtime:
+    global _current
+    with _lock:
+        if _current is None:
+            _current = build_runtime(load_settings())
+            for hook in on_build:
+                hook(_current)
+        return _current

@@ -1,0 +1,51 @@
+"""The periodic tick and start-up: the only code that decides what is due."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from automation import services  # noqa: F401  (registers the task handlers)
+from automation.db import due_task_ids, migrate, transaction
+from automation.people import ensure_organization
+from automation.runtime import Runtime
+from automation.services.inbound import poll_inbox
+from automation.services.tasks import create_task
+
+
+def bootstrap(rt: Runtime) -> int:
+    """Migrate the schema, make sure the organization exists and planning is scheduled."""
+    migrate(rt.engine)
+    now = rt.now()
+    with transaction(rt.factory) as session:
+        org = ensure_organization(
+            session, rt.settings.organization, rt.settings.organization_name, now
+        )
+        create_task(session, org.id, "plan", f"plan:{now.date().isoformat()}", org.id, now, now)
+        return org.id
+
+
+@dataclass(frozen=True)
+class TickResult:
+    received: int
+    enqueued: int
+
+
+def tick(rt: Runtime, limit: int = 500) -> TickResult:
+    """Take in new mail, then hand every due task to the workers. Cheap when nothing is due."""
+    received = poll_inbox(rt)
+    with transaction(rt.factory) as session:
+        ids = due_task_ids(session, rt.now(), limit)
+    for task_id in ids:
+        rt.enqueue(task_id)
+    return TickResult(received, len(ids))
+
+
+def next_due(rt: Runtime) -> dt.datetime | None:
+    """When the next pending task falls due (the demo's clock jumps there)."""
+    from sqlalchemy import func, select
+
+    from automation.models import Task, TaskState
+
+    with rt.factory() as session:
+        return session.scalar(select(func.min(Task.due_at)).where(Task.state == TaskState.PENDING))

@@ -1,0 +1,301 @@
+"""Outgoing mail: the outbox, exactly-once sending, agendas and follow-up prompts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from automation import audit
+from automation.domain.cadence import Cadence, zone
+from automation.domain.tokens import ReplyToken, reply_address
+from automation.emails import build_message, make_message_id, render
+from automation.models import (
+    ActionItem,
+    CheckinSeries,
+    ConversationRecord,
+    Occurrence,
+    OccurrenceState,
+    OutboundMessage,
+    OutboundState,
+    Person,
+    Task,
+)
+from automation.models import Cadence as CadenceRow
+from automation.runtime import Runtime
+from automation.services.tasks import create_task, handles
+
+REPLY_MAILBOX = "checkin"
+
+
+def when(moment: dt.datetime, tz_name: str) -> str:
+    local = moment.astimezone(zone(tz_name))
+    return f"{local:%A %d %B %Y, %H:%M} ({tz_name})"
+
+
+def person_ctx(p: Person) -> dict[str, Any]:
+    return {"name": p.name, "email": p.email}
+
+
+def sender_domain(rt: Runtime) -> str:
+    return email.utils.parseaddr(rt.settings.mail_from)[1].rpartition("@")[2] or "localhost"
+
+
+def reply_to_for(rt: Runtime, org_id: int, kind: str, subject_id: int) -> str:
+    token = ReplyToken(org_id, kind, subject_id)
+    return reply_address(rt.settings.signing_key(), token, REPLY_MAILBOX, rt.settings.reply_domain)
+
+
+def queue_email(
+    rt: Runtime,
+    session: Session,
+    *,
+    organization_id: int,
+    key: str,
+    kind: str,
+    template: str,
+    context: dict[str, Any],
+    to: list[Person],
+    reply_to: str | None = None,
+    in_reply_to: str | None = None,
+    occurrence_id: int | None = None,
+    pip_review_id: int | None = None,
+) -> OutboundMessage:
+    """Put one email in the outbox (once per key) and schedule its sending."""
+    existing = session.scalar(
+        select(OutboundMessage).where(
+            OutboundMessage.organization_id == organization_id,
+            OutboundMessage.idempotency_key == key,
+        )
+    )
+    if existing is not None:
+        return existing
+    now = rt.now()
+    recipient = to[0]
+    context = {
+        "org": {"name": rt.settings.organization_name},
+        "recipient": person_ctx(recipient),
+        "preferences_url": f"{rt.settings.base_url}/preferences",
+        **context,
+    }
+    rendered = render(rt.settings.templates_dir, template, context)
+    message_id = make_message_id(f"{organization_id}:{key}", sender_domain(rt))
+    raw = build_message(
+        rendered,
+        sender=rt.settings.mail_from,
+        to=[email.utils.formataddr((p.name, p.email)) for p in to],
+        message_id=message_id,
+        date=now,
+        reply_to=reply_to,
+        in_reply_to=in_reply_to,
+        references=[in_reply_to] if in_reply_to else None,
+        preferences_url=context["preferences_url"],
+    )
+    message = OutboundMessage(
+        organization_id=organization_id,
+        idempotency_key=key,
+        kind=kind,
+        message_id=message_id,
+        recipients=[p.email for p in to],
+        subject=rendered.subject,
+        raw=raw,
+        occurrence_id=occurrence_id,
+        pip_review_id=pip_review_id,
+        state=OutboundState.QUEUED,
+        attempts=0,
+        created_at=now,
+    )
+    session.add(message)
+    session.flush()
+    create_task(session, organization_id, "send", f"send:{message.id}", message.id, now, now)
+    return message
+
+
+@handles("send")
+def send_message(rt: Runtime, session: Session, task: Task) -> str:
+    message = session.get(OutboundMessage, task.subject_id)
+    if message is None or message.organization_id != task.organization_id:
+        return "no-message"
+    if message.state == OutboundState.SENT:
+        return "already-sent"
+    message.attempts += 1
+    # A worker may have died after the provider accepted the message and before this row was
+    # marked sent: look for the earlier attempt before sending again.
+    if rt.sender.already_sent(message.message_id):
+        result = "found-earlier-attempt"
+    else:
+        rt.sender.send(message.message_id, message.raw, message.recipients)
+        result = "sent"
+    message.state = OutboundState.SENT
+    message.sent_at = rt.now()
+    audit.record(
+        session,
+        message.organization_id,
+        actor="worker",
+        action="email.sent",
+        subject_kind="outbound_message",
+        subject_id=message.id,
+        at=rt.now(),
+        data={"kind": message.kind, "to": message.recipients, "message_id": message.message_id},
+    )
+    return result
+
+
+@dataclass
+class CheckinContext:
+    """An occurrence with the people and cadence around it."""
+
+    occurrence: Occurrence
+    series: CheckinSeries
+    manager: Person
+    employee: Person
+    cadence: Cadence
+
+    def occurrence_ctx(self, tz_name: str) -> dict[str, Any]:
+        return {
+            "title": self.cadence.title.format(
+                manager=self.manager.name, employee=self.employee.name
+            ),
+            "when": when(self.occurrence.start_at, tz_name),
+            "duration_minutes": self.series.duration_minutes,
+        }
+
+    @property
+    def label(self) -> str:
+        local = self.occurrence.start_at.astimezone(zone(self.manager.timezone))
+        return f"your check-in with {self.employee.name} on {local:%A %d %B}"
+
+
+def load_checkin(
+    session: Session, organization_id: int, occurrence_id: int
+) -> CheckinContext | None:
+    occ = session.get(Occurrence, occurrence_id)
+    if occ is None or occ.organization_id != organization_id:
+        return None
+    series = session.get(CheckinSeries, occ.series_id)
+    assert series is not None
+    manager = session.get(Person, series.manager_id)
+    employee = session.get(Person, series.employee_id)
+    cadence_row = session.get(CadenceRow, series.cadence_id)
+    assert manager and employee and cadence_row
+    return CheckinContext(occ, series, manager, employee, Cadence.from_dict(cadence_row.definition))
+
+
+def open_action_items(session: Session, series: CheckinSeries) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(ActionItem, Person.name)
+        .join(
+            ConversationRecord,
+            (ConversationRecord.id == ActionItem.record_id)
+            & (ConversationRecord.organization_id == ActionItem.organization_id),
+        )
+        .join(
+            Occurrence,
+            (Occurrence.id == ConversationRecord.subject_id)
+            & (Occurrence.organization_id == ConversationRecord.organization_id),
+        )
+        .outerjoin(
+            Person,
+            (Person.id == ActionItem.owner_id)
+            & (Person.organization_id == ActionItem.organization_id),
+        )
+        .where(
+            ActionItem.organization_id == series.organization_id,
+            ConversationRecord.subject_kind == "occurrence",
+            Occurrence.series_id == series.id,
+            ActionItem.done.is_(False),
+        )
+        .order_by(ActionItem.id)
+    )
+    return [
+        {"text": item.text, "owner": owner, "due": item.due_on.isoformat() if item.due_on else None}
+        for item, owner in rows
+    ]
+
+
+def _not_needed(occ: Occurrence) -> bool:
+    return occ.state in (OccurrenceState.CANCELLED, OccurrenceState.SKIPPED)
+
+
+@handles("agenda")
+def send_agenda(rt: Runtime, session: Session, task: Task) -> str:
+    ctx = load_checkin(session, task.organization_id, task.subject_id)
+    if ctx is None:
+        return "no-occurrence"
+    if _not_needed(ctx.occurrence):
+        return f"not-needed ({ctx.occurrence.state})"
+    items = open_action_items(session, ctx.series)
+    for role, person in (("employee", ctx.employee), ("manager", ctx.manager)):
+        queue_email(
+            rt,
+            session,
+            organization_id=task.organization_id,
+            key=f"agenda:occurrence:{ctx.occurrence.id}:{role}",
+            kind="agenda",
+            template="agenda",
+            to=[person],
+            occurrence_id=ctx.occurrence.id,
+            context={
+                "manager": person_ctx(ctx.manager),
+                "employee": person_ctx(ctx.employee),
+                "occurrence": ctx.occurrence_ctx(person.timezone),
+                "questions": list(ctx.cadence.questions),
+                "open_action_items": items,
+            },
+        )
+    return "queued"
+
+
+def followup_key(occurrence_id: int) -> str:
+    return f"followup:occurrence:{occurrence_id}"
+
+
+@handles("followup")
+def send_followup(rt: Runtime, session: Session, task: Task) -> str:
+    from automation.services.escalation import schedule_step  # the ladder starts here
+
+    ctx = load_checkin(session, task.organization_id, task.subject_id)
+    if ctx is None:
+        return "no-occurrence"
+    occ = ctx.occurrence
+    if _not_needed(occ):
+        return f"not-needed ({occ.state})"
+    now = rt.now()
+    if occ.state in (OccurrenceState.PLANNED, OccurrenceState.INVITED):
+        occ.state = OccurrenceState.HELD
+        occ.updated_at = now
+        audit.record(
+            session,
+            occ.organization_id,
+            actor="worker",
+            action="occurrence.held",
+            subject_kind="occurrence",
+            subject_id=occ.id,
+            at=now,
+        )
+    if occ.documented_at is not None:
+        return "already-documented"
+    queue_email(
+        rt,
+        session,
+        organization_id=occ.organization_id,
+        key=followup_key(occ.id),
+        kind="followup",
+        template="followup",
+        to=[ctx.manager],
+        occurrence_id=occ.id,
+        reply_to=reply_to_for(rt, occ.organization_id, "occurrence", occ.id),
+        context={
+            "manager": person_ctx(ctx.manager),
+            "employee": person_ctx(ctx.employee),
+            "occurrence": ctx.occurrence_ctx(ctx.manager.timezone),
+            "questions": list(ctx.cadence.questions),
+            "commands_help": True,
+        },
+    )
+    schedule_step(rt, session, occ.organization_id, "occurrence", occ.id, 0)
+    return "queued"

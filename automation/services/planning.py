@@ -1,0 +1,403 @@
+"""Planning: cadences into series, series into occurrences, occurrences into due work."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from automation import audit
+from automation.domain.cadence import Cadence, Interval, choose_slot, expand
+from automation.emails import render_text
+from automation.models import (
+    Cadence as CadenceRow,
+)
+from automation.models import (
+    CheckinSeries,
+    Occurrence,
+    OccurrenceState,
+    Person,
+    Task,
+    TaskState,
+)
+from automation.ports import Attendee, OccurrenceOverride, SeriesEvent
+from automation.runtime import Runtime
+from automation.services.tasks import create_task, handles
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    series_created: int
+    occurrences_created: int
+
+
+def sync_cadences(
+    session: Session, organization_id: int, cadences: dict[str, Cadence], now: dt.datetime
+) -> dict[str, CadenceRow]:
+    """Store the configured cadences; a changed file updates its row, a removed one retires it."""
+    rows = {
+        r.name: r
+        for r in session.scalars(
+            select(CadenceRow).where(CadenceRow.organization_id == organization_id)
+        )
+    }
+    for name, cadence in cadences.items():
+        definition = cadence.as_dict()
+        digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()
+        row = rows.get(name)
+        if row is None:
+            row = CadenceRow(
+                organization_id=organization_id,
+                name=name,
+                source_file=cadence.source_file,
+                digest=digest,
+                definition=definition,
+                active=True,
+                updated_at=now,
+            )
+            session.add(row)
+            rows[name] = row
+        elif row.digest != digest or not row.active:
+            row.definition, row.digest, row.active, row.updated_at = definition, digest, True, now
+            row.source_file = cadence.source_file
+        else:
+            continue
+        session.flush()
+        audit.record(
+            session,
+            organization_id,
+            actor="config",
+            action="cadence.loaded",
+            subject_kind="cadence",
+            subject_id=row.id,
+            at=now,
+            data={"name": name, "digest": digest, "file": cadence.source_file},
+        )
+    for name, row in rows.items():
+        if name not in cadences and row.active:
+            row.active = False
+            row.updated_at = now
+    return rows
+
+
+def _busy_by_person(
+    session: Session, organization_id: int, start: dt.datetime, end: dt.datetime
+) -> dict[int, list[Interval]]:
+    busy: dict[int, list[Interval]] = defaultdict(list)
+    rows = session.execute(
+        select(
+            CheckinSeries.manager_id,
+            CheckinSeries.employee_id,
+            Occurrence.start_at,
+            Occurrence.end_at,
+        )
+        .join(
+            Occurrence,
+            (Occurrence.series_id == CheckinSeries.id)
+            & (Occurrence.organization_id == CheckinSeries.organization_id),
+        )
+        .where(
+            CheckinSeries.organization_id == organization_id,
+            Occurrence.start_at < end,
+            Occurrence.end_at > start,
+            Occurrence.state.notin_([OccurrenceState.CANCELLED, OccurrenceState.SKIPPED]),
+        )
+    )
+    for manager_id, employee_id, s, e in rows:
+        busy[manager_id].append((s, e))
+        busy[employee_id].append((s, e))
+    return busy
+
+
+def plan(
+    rt: Runtime, session: Session, organization_id: int, horizon_days: int | None = None
+) -> PlanResult:
+    """Make sure every report has a series per applicable cadence, planned to the horizon.
+
+    Idempotent: a second call with the same clock creates nothing.
+    """
+    now = rt.now()
+    horizon = now + dt.timedelta(days=horizon_days or rt.settings.planning_horizon_days)
+    cadence_rows = sync_cadences(session, organization_id, rt.cadences, now)
+    people = {
+        p.id: p
+        for p in session.scalars(
+            select(Person).where(Person.organization_id == organization_id, Person.active)
+        )
+    }
+    existing = {
+        (s.cadence_id, s.employee_id): s
+        for s in session.scalars(
+            select(CheckinSeries).where(CheckinSeries.organization_id == organization_id)
+        )
+    }
+    busy = _busy_by_person(session, organization_id, now, horizon)
+    created = 0
+    for name, cadence in rt.cadences.items():
+        row = cadence_rows[name]
+        for person in people.values():
+            manager = people.get(person.manager_id) if person.manager_id else None
+            if manager is None or not cadence.applies_to(person.email, manager.email):
+                continue
+            series = existing.get((row.id, person.id))
+            if series is not None:
+                if series.manager_id != manager.id and series.active:
+                    series.manager_id = manager.id  # a new manager takes over the series
+                    series.sequence += 1
+                    series.updated_at = now
+                    _queue_invite(session, series, now)
+                continue
+            slot, rule = choose_slot(
+                cadence,
+                person.timezone,
+                now,
+                busy[manager.id] + busy[person.id],
+                rt.settings.planning_horizon_days,
+            )
+            series = CheckinSeries(
+                organization_id=organization_id,
+                cadence_id=row.id,
+                manager_id=manager.id,
+                employee_id=person.id,
+                uid="",
+                rrule=rule,
+                dtstart_local=slot.isoformat(timespec="seconds"),
+                timezone=person.timezone,
+                duration_minutes=cadence.duration_minutes,
+                sequence=0,
+                active=True,
+                planned_until=None,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(series)
+            session.flush()
+            series.uid = f"checkin-{organization_id}-{series.id}@{rt.settings.reply_domain}"
+            existing[(row.id, person.id)] = series
+            for inst in expand(
+                rule,
+                slot,
+                person.timezone,
+                cadence.duration_minutes,
+                now,
+                now + dt.timedelta(days=rt.settings.planning_horizon_days),
+            ):
+                busy[manager.id].append((inst.start, inst.end))
+                busy[person.id].append((inst.start, inst.end))
+            audit.record(
+                session,
+                organization_id,
+                actor="planner",
+                action="series.created",
+                subject_kind="series",
+                subject_id=series.id,
+                at=now,
+                data={
+                    "cadence": name,
+                    "employee": person.email,
+                    "manager": manager.email,
+                    "rrule": rule,
+                    "dtstart": series.dtstart_local,
+                    "tz": person.timezone,
+                },
+            )
+            _queue_invite(session, series, now)
+            created += 1
+    occurrences = 0
+    cadence_by_id = {
+        r.id: rt.cadences[r.name] for r in cadence_rows.values() if r.name in rt.cadences
+    }
+    for series in existing.values():
+        cadence = cadence_by_id.get(series.cadence_id)
+        if cadence is not None and series.active:
+            occurrences += extend_series(session, series, cadence, now, horizon)
+    return PlanResult(created, occurrences)
+
+
+def _queue_invite(session: Session, series: CheckinSeries, now: dt.datetime) -> None:
+    create_task(
+        session,
+        series.organization_id,
+        "invite",
+        f"invite:series:{series.id}:{series.sequence}",
+        series.id,
+        now,
+        now,
+    )
+
+
+def extend_series(
+    session: Session,
+    series: CheckinSeries,
+    cadence: Cadence,
+    now: dt.datetime,
+    horizon: dt.datetime,
+) -> int:
+    """Add the occurrences between what is planned and the horizon, with their due work."""
+    start = series.planned_until or now
+    if start >= horizon:
+        return 0
+    instances = expand(
+        series.rrule,
+        dt.datetime.fromisoformat(series.dtstart_local),
+        series.timezone,
+        series.duration_minutes,
+        start,
+        horizon,
+    )
+    series.planned_until = horizon
+    if not instances:
+        return 0
+    org = series.organization_id
+    # Occurrences added to a series already in people's calendars are covered by its RRULE.
+    invited = (
+        session.scalar(
+            select(Task.id)
+            .where(
+                Task.organization_id == org,
+                Task.kind == "invite",
+                Task.subject_id == series.id,
+                Task.state == TaskState.DONE,
+            )
+            .limit(1)
+        )
+        is not None
+    )
+    state = OccurrenceState.INVITED if invited else OccurrenceState.PLANNED
+    ids = session.scalars(
+        insert(Occurrence).returning(Occurrence.id, sort_by_parameter_order=True),
+        [
+            {
+                "organization_id": org,
+                "series_id": series.id,
+                "recurrence_id": i.recurrence_id,
+                "start_at": i.start,
+                "end_at": i.end,
+                "state": state,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for i in instances
+        ],
+    ).all()
+    lead = dt.timedelta(hours=cadence.agenda_lead_hours)
+    delay = dt.timedelta(hours=cadence.followup_delay_hours)
+    tasks = []
+    for occ_id, inst in zip(ids, instances, strict=True):
+        for kind, due in (("agenda", inst.start - lead), ("followup", inst.end + delay)):
+            tasks.append(
+                {
+                    "organization_id": org,
+                    "kind": kind,
+                    "key": f"{kind}:occurrence:{occ_id}",
+                    "subject_id": occ_id,
+                    "due_at": max(due, now),
+                    "state": TaskState.PENDING,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+    session.execute(insert(Task), tasks)
+    return len(instances)
+
+
+def series_event(rt: Runtime, session: Session, series: CheckinSeries) -> SeriesEvent:
+    manager = session.get(Person, series.manager_id)
+    employee = session.get(Person, series.employee_id)
+    assert manager is not None and employee is not None
+    cadence_row = session.get(CadenceRow, series.cadence_id)
+    assert cadence_row is not None
+    cadence = Cadence.from_dict(cadence_row.definition)
+    overrides = [
+        OccurrenceOverride(
+            o.recurrence_id,
+            o.start_at,
+            o.end_at,
+            cancelled=o.state in (OccurrenceState.CANCELLED, OccurrenceState.SKIPPED),
+        )
+        for o in session.scalars(
+            select(Occurrence).where(
+                Occurrence.organization_id == series.organization_id,
+                Occurrence.series_id == series.id,
+            )
+        )
+        if o.state in (OccurrenceState.CANCELLED, OccurrenceState.SKIPPED)
+        or o.start_at != o.recurrence_id
+    ]
+    description = render_text(
+        rt.settings.templates_dir,
+        "invite/description.txt",
+        {
+            "manager": {"name": manager.name},
+            "employee": {"name": employee.name},
+            "questions": list(cadence.questions),
+            "org": {"name": rt.settings.organization_name},
+        },
+    )
+    return SeriesEvent(
+        uid=series.uid,
+        sequence=series.sequence,
+        summary=cadence.title.format(manager=manager.name, employee=employee.name),
+        description=description,
+        organizer=Attendee(manager.email, manager.name),
+        attendees=(Attendee(employee.email, employee.name), Attendee(manager.email, manager.name)),
+        dtstart_local=dt.datetime.fromisoformat(series.dtstart_local),
+        timezone=series.timezone,
+        duration_minutes=series.duration_minutes,
+        rrule=series.rrule,
+        overrides=tuple(overrides),
+        cancelled=not series.active,
+    )
+
+
+@handles("invite")
+def write_invite(rt: Runtime, session: Session, task: Task) -> str:
+    series = session.get(CheckinSeries, task.subject_id)
+    if series is None or series.organization_id != task.organization_id:
+        return "no-series"
+    event = series_event(rt, session, series)
+    rt.calendar.write_series(event)  # idempotent: same UID replaces the same components
+    now = rt.now()
+    for occ in session.scalars(
+        select(Occurrence).where(
+            Occurrence.organization_id == series.organization_id,
+            Occurrence.series_id == series.id,
+            Occurrence.state == OccurrenceState.PLANNED,
+        )
+    ):
+        occ.state = OccurrenceState.INVITED
+        occ.updated_at = now
+    audit.record(
+        session,
+        series.organization_id,
+        actor="worker",
+        action="series.invited",
+        subject_kind="series",
+        subject_id=series.id,
+        at=now,
+        data={"uid": series.uid, "sequence": series.sequence},
+    )
+    return "written"
+
+
+@handles("plan")
+def run_planning(rt: Runtime, session: Session, task: Task) -> str:
+    result = plan(rt, session, task.organization_id)
+    # Plan again tomorrow; the key makes one planning task per organization per day.
+    tomorrow = rt.now() + dt.timedelta(days=1)
+    create_task(
+        session,
+        task.organization_id,
+        "plan",
+        f"plan:{tomorrow.date().isoformat()}",
+        task.organization_id,
+        tomorrow,
+        rt.now(),
+    )
+    return f"series+{result.series_created} occurrences+{result.occurrences_created}"

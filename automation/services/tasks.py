@@ -1,0 +1,125 @@
+"""Tasks: creating due work idempotently, and running one task under a lease.
+
+A task is identified by a key that says what it is for ("agenda:occurrence:42:employee"), so
+creating it twice is a no-op. Running it is: claim (commit the lease), do the work and mark it
+done in one transaction. If the process dies in between, the lease expires and another worker
+runs it again; each handler is written so that a second run finds the first run's effects and
+does nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from automation.db import claim_task, transaction
+from automation.errors import PermanentProviderError
+from automation.models import Task, TaskState
+from automation.runtime import Runtime
+
+log = logging.getLogger("automation.tasks")
+
+Handler = Callable[[Runtime, Session, Task], str]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def create_task(
+    session: Session,
+    organization_id: int,
+    kind: str,
+    key: str,
+    subject_id: int,
+    due_at: dt.datetime,
+    now: dt.datetime,
+) -> Task:
+    """Return the task with this key, creating it if it does not exist yet."""
+    existing = session.scalar(
+        select(Task).where(Task.organization_id == organization_id, Task.key == key)
+    )
+    if existing is not None:
+        return existing
+    task = Task(
+        organization_id=organization_id,
+        kind=kind,
+        key=key,
+        subject_id=subject_id,
+        due_at=due_at,
+        state=TaskState.PENDING,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(task)
+    except IntegrityError:  # another worker created it between our SELECT and INSERT
+        return session.scalars(
+            select(Task).where(Task.organization_id == organization_id, Task.key == key)
+        ).one()
+    session.info.setdefault("new_tasks", []).append(task)
+    return task
+
+
+def backoff(attempts: int) -> dt.timedelta:
+    """Jittered exponential backoff: about 30 s, 1 min, 2 min … capped at one hour."""
+    base = min(30 * 2 ** max(attempts - 1, 0), 3600)
+    return dt.timedelta(seconds=base * random.uniform(0.5, 1.0))
+
+
+def run_task(rt: Runtime, task_id: int) -> str:
+    """Claim the task, run its handler and record the outcome. Returns a short result."""
+    now = rt.now()
+    with transaction(rt.factory) as session:
+        task = claim_task(session, task_id, now, rt.settings.lease_seconds)
+        if task is None:
+            return "not-claimed"
+        kind, attempts = task.kind, task.attempts
+    new_tasks: list[Task] = []
+    try:
+        with transaction(rt.factory) as session:
+            task = session.get(Task, task_id)
+            assert task is not None
+            result = HANDLERS[kind](rt, session, task)
+            task.state = TaskState.DONE
+            task.result = result[:200]
+            task.lease_until = None
+            task.updated_at = rt.now()
+            new_tasks = session.info.pop("new_tasks", [])
+    except Exception as exc:
+        permanent = isinstance(exc, PermanentProviderError) or attempts >= rt.settings.max_attempts
+        log.warning(
+            "task %s (%s) failed on attempt %d: %s: %s",
+            task_id,
+            kind,
+            attempts,
+            type(exc).__name__,
+            exc,
+        )
+        with transaction(rt.factory) as session:
+            task = session.get(Task, task_id)
+            assert task is not None
+            task.state = TaskState.FAILED if permanent else TaskState.PENDING
+            task.due_at = rt.now() + backoff(attempts)
+            task.lease_until = None
+            task.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            task.updated_at = rt.now()
+        return "failed" if permanent else "retry"
+    log.info("task %s %s -> %s", task_id, kind, result)
+    for new in new_tasks:
+        if new.due_at <= rt.now():
+            rt.enqueue(new.id)
+    return result

@@ -1,0 +1,246 @@
+"""The one typed settings object.
+
+Loaded once from a TOML file (``config/settings.toml`` unless ``AUTOMATION_CONFIG`` or
+``--config`` names another) and then from ``AUTOMATION_<NAME>`` environment variables, which
+win. A secret may also come from ``AUTOMATION_<NAME>_FILE``. Every value is checked before
+anything runs; a bad one raises :class:`ConfigError` naming the file, the field and the fix.
+
+The defaults are the embedded set-up: a SQLite file, an in-process worker, calendar files and
+Maildir folders, all under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from automation.errors import ConfigError, ConfigProblem
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "AUTOMATION_"
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("var")
+    database_url: str = ""  # empty: sqlite:///<data_dir>/automation.db
+    broker_url: str = "stub"  # stub (in-process), redis://…, amqp://…
+    config_dir: Path = PROJECT_ROOT / "config"
+    templates_dir: Path = PROJECT_ROOT / "templates"
+    calendar_dir: Path | None = None  # default <data_dir>/calendars
+    outbox_dir: Path | None = None  # default <data_dir>/mail/outbox (a Maildir)
+    inbox_dir: Path | None = None  # default <data_dir>/mail/inbox (a Maildir)
+    organization: str = "default"
+    organization_name: str = "Example Corp"
+    secret_key: str = field(default="", repr=False)
+    mail_from: str = "Check-ins <checkins@example.com>"
+    reply_domain: str = "reply.example.com"
+    base_url: str = "http://localhost:8000"
+    default_timezone: str = "UTC"
+    business_days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
+    holidays: tuple[dt.date, ...] = ()
+    planning_horizon_days: int = 28
+    lease_seconds: int = 300
+    tick_seconds: int = 30
+    max_attempts: int = 8
+    source: str = "(defaults)"
+
+    # Derived locations: one place decides where the embedded files go.
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'automation.db'}"
+
+    @property
+    def calendars(self) -> Path:
+        return self.calendar_dir or self.data_dir / "calendars"
+
+    @property
+    def outbox(self) -> Path:
+        return self.outbox_dir or self.data_dir / "mail" / "outbox"
+
+    @property
+    def inbox(self) -> Path:
+        return self.inbox_dir or self.data_dir / "mail" / "inbox"
+
+    @property
+    def business_weekdays(self) -> frozenset[int]:
+        return frozenset(WEEKDAYS.index(d) for d in self.business_days)
+
+    def with_(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def signing_key(self) -> bytes:
+        """The key that signs reply addresses; created once under data_dir when unset."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32))
+        return path.read_text().strip().encode()
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "source"}
+_SECRET_FIELDS = {"secret_key", "database_url", "broker_url"}
+
+
+def _convert(name: str, raw: Any, origin: str) -> Any:
+    """Turn a TOML or environment value into the field's type, or raise a ConfigProblem."""
+    default = _FIELDS[name].default
+
+    def problem(expected: str, fix: str = "") -> ConfigError:
+        shown = "(hidden)" if name in _SECRET_FIELDS else repr(raw)
+        return ConfigError(ConfigProblem(origin, name, f"expected {expected}, got {shown}", fix))
+
+    from_env = isinstance(raw, str) and origin.startswith("environment")
+    if name in {
+        "data_dir",
+        "config_dir",
+        "templates_dir",
+        "calendar_dir",
+        "outbox_dir",
+        "inbox_dir",
+    }:
+        if not isinstance(raw, str) or not raw:
+            raise problem("a directory path as a string")
+        return Path(raw)
+    if isinstance(default, int) and not isinstance(default, bool):
+        if from_env:
+            try:
+                raw = int(raw)
+            except ValueError:
+                raise problem("a whole number") from None
+        if not isinstance(raw, int) or raw <= 0:
+            raise problem("a positive whole number")
+        return raw
+    if name == "business_days":
+        items = raw.split(",") if from_env else raw
+        if not isinstance(items, list | tuple) or not items:
+            raise problem("a list of weekdays", 'e.g. ["mon", "tue", "wed", "thu", "fri"]')
+        days = tuple(str(d).strip().lower()[:3] for d in items)
+        if any(d not in WEEKDAYS for d in days):
+            raise problem("weekday names", "use mon, tue, wed, thu, fri, sat, sun")
+        return days
+    if name == "holidays":
+        items = [s for s in raw.split(",") if s.strip()] if from_env else raw
+        if not isinstance(items, list | tuple):
+            raise problem("a list of dates", 'e.g. ["2026-12-25", "2027-01-01"]')
+        out = []
+        for item in items:
+            if isinstance(item, dt.date):
+                out.append(item)
+                continue
+            try:
+                out.append(dt.date.fromisoformat(str(item).strip()))
+            except ValueError:
+                raise problem("ISO dates (YYYY-MM-DD)") from None
+        return tuple(sorted(out))
+    if not isinstance(raw, str):
+        raise problem("a string")
+    if name == "default_timezone":
+        try:
+            ZoneInfo(raw)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise problem("an IANA time zone", 'e.g. "Europe/Berlin"') from None
+    if name == "broker_url" and not raw.startswith(
+        ("stub", "redis://", "rediss://", "amqp://", "amqps://")
+    ):
+        raise problem("stub, redis://… or amqp://…")
+    if name == "database_url" and raw and not raw.startswith(("sqlite", "postgresql")):
+        raise problem("sqlite:///PATH or postgresql+psycopg://…")
+    return raw
+
+
+def default_config_file() -> Path:
+    if env := os.environ.get(ENV_PREFIX + "CONFIG"):
+        return Path(env)
+    local = Path("config/settings.toml")
+    return local if local.exists() else PROJECT_ROOT / "config" / "settings.toml"
+
+
+def load_settings(
+    path: Path | str | None = None, environ: dict[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Read the settings file and the environment into one checked Settings.
+
+    A missing default file is fine (defaults apply); a missing file that was named is an error.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    explicit = path is not None or ENV_PREFIX + "CONFIG" in environ
+    file = Path(path) if path is not None else default_config_file()
+    values: dict[str, Any] = {}
+    problems: list[ConfigProblem] = []
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                ConfigProblem(
+                    str(file), "(file)", f"not valid TOML: {exc}", "correct the syntax at that line"
+                )
+            ) from None
+        data = data.get("automation", data)
+        for key, raw in data.items():
+            if key not in _FIELDS:
+                problems.append(
+                    ConfigProblem(
+                        str(file),
+                        key,
+                        "unknown setting",
+                        "known settings: " + ", ".join(sorted(_FIELDS)),
+                    )
+                )
+                continue
+            try:
+                values[key] = _convert(key, raw, str(file))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    elif explicit:
+        raise ConfigError(
+            ConfigProblem(
+                str(file),
+                "(file)",
+                "file not found",
+                "create it or point AUTOMATION_CONFIG at a settings file",
+            )
+        )
+    for name in _FIELDS:
+        var = ENV_PREFIX + name.upper()
+        raw = environ.get(var)
+        origin = f"environment {var}"
+        if raw is None and (file_var := environ.get(var + "_FILE")):
+            origin = f"environment {var}_FILE"
+            try:
+                raw = Path(file_var).read_text().strip()
+            except OSError as exc:
+                problems.append(
+                    ConfigProblem(
+                        origin,
+                        name,
+                        f"cannot read {file_var}: {exc}",
+                        "point it at a readable file",
+                    )
+                )
+                continue
+        if raw is None:
+            continue
+        try:
+            values[name] = _convert(name, raw, origin)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    for name, raw in overrides.items():
+        if raw is not None:
+            values[name] = raw
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**values, source=str(file) if file.exists() else "(defaults)")

@@ -1,0 +1,161 @@
+"""Sample contexts for every template: previews without sending, and the template tests.
+
+Each sample carries exactly the variables the service passes to that template, shaped and
+formatted as ``automation/services`` formats them (times as strings in the recipient's zone,
+due dates as ISO dates, labels worded for the manager), as plain dicts and lists: Jinja reads
+``manager.name`` from a dict key. The manager's name deliberately holds characters that HTML
+must escape (``'``, ``<``, ``>``) and the organisation's name an ``&``, so a preview or a test
+shows at once that autoescape is on.
+
+``automation templates preview NAME`` renders ``sample_context(NAME)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+# A real name (non-ASCII, apostrophe) plus markup that must come out escaped in HTML.
+MANAGER_NAME = "Zoë O'Brien <script>"
+
+_ORG = {"name": "Northwind & Co"}
+_PREFERENCES_URL = "https://checkins.example.com/preferences"
+
+_MANAGER = {"name": MANAGER_NAME, "email": "zoe.obrien@example.com"}
+_EMPLOYEE = {"name": "Ana Souza", "email": "ana.souza@example.com"}
+_HR_PARTNER = {"name": "Priya Raman", "email": "priya.raman@example.com"}
+
+_OCCURRENCE = {
+    "title": f"1:1 {MANAGER_NAME} / Ana Souza",
+    "when": "Tuesday 10 March 2026, 10:00 (Europe/Berlin)",
+    "duration_minutes": 30,
+}
+
+_QUESTIONS = [
+    "What has gone well since your last check-in?",
+    "What is getting in the way, and what support would help?",
+    "What are the priorities until the next check-in?",
+    "Any feedback, in either direction?",
+]
+
+_PIP_QUESTIONS = [
+    "Progress against each goal, with evidence",
+    "Support provided since the last review",
+    "Outcome of this review (on track / at risk / not met)",
+]
+
+# As the escalation service words it: for the manager, and passed unchanged to every step of
+# the ladder (the escalation template rewords it for a third party).
+_CHECKIN_LABEL = "your check-in with Ana Souza on Tuesday 10 March"
+
+
+def _common(recipient: dict[str, str]) -> dict[str, Any]:
+    return {"org": _ORG, "recipient": recipient, "preferences_url": _PREFERENCES_URL}
+
+
+SAMPLES: dict[str, dict[str, Any]] = {
+    "agenda": {
+        **_common(_EMPLOYEE),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "occurrence": _OCCURRENCE,
+        "questions": _QUESTIONS,
+        "open_action_items": [
+            {"text": "Share the Q2 roadmap draft", "owner": "Ana Souza", "due": "2026-03-13"},
+            {"text": "Book the conference training", "owner": MANAGER_NAME, "due": None},
+            {"text": "Pair with Lee on the billing migration", "owner": None, "due": None},
+        ],
+    },
+    "followup": {
+        **_common(_MANAGER),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "occurrence": _OCCURRENCE,
+        "questions": _QUESTIONS,
+        "commands_help": True,
+    },
+    "confirmation": {
+        **_common(_MANAGER),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "occurrence": _OCCURRENCE,
+        "record": {
+            "version": 2,
+            "answers": [
+                {
+                    "number": 1,
+                    "question": _QUESTIONS[0],
+                    "answer": "Shipped the invoice export a week early.\nCustomers already use it.",
+                },
+                {
+                    "number": 2,
+                    "question": _QUESTIONS[1],
+                    "answer": "Waiting on access to the staging database.",
+                },
+                {"number": 3, "question": _QUESTIONS[2], "answer": "Billing migration plan."},
+                {"number": 4, "question": _QUESTIONS[3], "answer": ""},
+            ],
+            "rating": 4,
+            "action_items": [
+                {
+                    "text": "Request staging access for Ana",
+                    "owner": MANAGER_NAME,
+                    "due": "2026-03-11",
+                },
+                {
+                    "text": "Draft the billing migration plan",
+                    "owner": "Ana Souza",
+                    "due": "2026-03-20",
+                },
+            ],
+            "commands": [],
+            "notes": "Ana would like to present the export at the next all-hands.",
+        },
+    },
+    "reminder": {
+        **_common(_MANAGER),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "item": {"label": _CHECKIN_LABEL, "when": _OCCURRENCE["when"]},
+        "days_overdue": 3,
+        "step": 1,
+    },
+    "escalation": {
+        **_common(_HR_PARTNER),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "item": {"label": _CHECKIN_LABEL, "when": _OCCURRENCE["when"]},
+        "days_overdue": 7,
+        "step": 2,
+    },
+    "pip_review": {
+        **_common(_MANAGER),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "pip": {"title": "30-day performance improvement plan", "ends_on": "09 April 2026"},
+        "review": {
+            "name": "Week 2 review",
+            "when": "Tuesday 24 March 2026, 09:00 (Europe/Berlin)",
+        },
+        "questions": _PIP_QUESTIONS,
+    },
+    "quarantine_notice": {
+        **_common({"name": "Sam Taylor", "email": "sam.taylor@example.net"}),
+        "reason": "sender sam.taylor@example.net is not a participant of this occurrence",
+    },
+    "invite/description.txt": {
+        "org": _ORG,
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "questions": _QUESTIONS,
+    },
+}
+
+
+def sample_context(name: str) -> dict[str, Any]:
+    """A fresh copy of the sample context for one template (an email name or a template path)."""
+    try:
+        return copy.deepcopy(SAMPLES[name])
+    except KeyError:
+        known = ", ".join(sorted(SAMPLES))
+        raise KeyError(f"no sample context for template {name!r}; known: {known}") from None

@@ -1,0 +1,30 @@
+"""Thin actors: take an id, claim the row, call one service, done. All state is in the database."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from automation import runtime
+from automation.services import tasks
+from workers.broker import QUEUE, broker  # noqa: F401  (must come before the actors)
+
+
+@dramatiq.actor(
+    queue_name=QUEUE,
+    max_retries=10,
+    min_backoff=1000,
+    max_backoff=300_000,
+    time_limit=10 * 60 * 1000,
+)
+def run_task(task_id: int) -> None:
+    """Run one due task. Safe to receive twice: the lease decides who runs it."""
+    tasks.run_task(runtime.current(), task_id)
+
+
+def attach(rt: runtime.Runtime) -> runtime.Runtime:
+    """Make tasks created while running reach the broker straight away."""
+    rt.enqueue = run_task.send
+    return rt
+
+
+runtime.on_build.append(attach)
