@@ -49,3 +49,29 @@ def next_due(rt: Runtime) -> dt.datetime | None:
 
     with rt.factory() as session:
         return session.scalar(select(func.min(Task.due_at)).where(Task.state == TaskState.PENDING))
+
+
+def run_due(rt: Runtime, limit: int = 10_000) -> int:
+    """Run every due task in this process, without a broker, until nothing is due.
+
+    The twin of tick + workers for tests, one-shot maintenance and `automation run --once`.
+    Tasks created while running that are already due run in the same call.
+    """
+    from automation.services.tasks import run_task
+
+    ran = 0
+    previous = rt.enqueue
+    rt.enqueue = lambda task_id: None  # due tasks are found by the loop below instead
+    try:
+        while ran < limit:
+            poll_inbox(rt)
+            with transaction(rt.factory) as session:
+                ids = due_task_ids(session, rt.now(), 500)
+            if not ids:
+                break
+            for task_id in ids:
+                run_task(rt, task_id)
+                ran += 1
+    finally:
+        rt.enqueue = previous
+    return ran
