@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import email.policy
 import email.utils
+import hashlib
 from dataclasses import dataclass
 from email.message import EmailMessage
 from functools import lru_cache
@@ -113,8 +114,6 @@ def check_templates(templates_dir: Path) -> list[ConfigProblem]:
 
 def make_message_id(key: str, domain: str) -> str:
     """A deterministic Message-ID: the same outbox key always yields the same id."""
-    import hashlib
-
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return f"<{digest}@{domain}>"
 
@@ -153,4 +152,6 @@ def build_message(
         msg["List-Unsubscribe"] = f"<{preferences_url}>"
     msg.set_content(rendered.text)
     msg.add_alternative(rendered.html, subtype="html")
+    # A boundary derived from the Message-ID keeps the whole message byte-for-byte reproducible.
+    msg.set_boundary("=_" + hashlib.sha256(message_id.encode()).hexdigest()[:32])
     return msg.as_bytes()

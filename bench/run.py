@@ -41,8 +41,14 @@ from automation.runtime import build_runtime  # noqa: E402
 from automation.settings import PROJECT_ROOT, Settings  # noqa: E402
 
 START = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)
-ZONES = ("America/New_York", "America/Los_Angeles", "Europe/London", "Europe/Berlin",
-         "Asia/Tokyo", "Australia/Sydney")
+ZONES = (
+    "America/New_York",
+    "America/Los_Angeles",
+    "Europe/London",
+    "Europe/Berlin",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+)
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,12 @@ class Result:
 BENCHMARKS: dict[str, Callable[[float, Path], list[Result]]] = {}
 
 
-def benchmark(name: str) -> Callable[[Callable[[float, Path], list[Result]]],
-                                     Callable[[float, Path], list[Result]]]:
-    def register(fn: Callable[[float, Path], list[Result]]) -> Callable[[float, Path], list[Result]]:
+def benchmark(
+    name: str,
+) -> Callable[[Callable[[float, Path], list[Result]]], Callable[[float, Path], list[Result]]]:
+    def register(
+        fn: Callable[[float, Path], list[Result]],
+    ) -> Callable[[float, Path], list[Result]]:
         BENCHMARKS[name] = fn
         return fn
 
@@ -68,9 +77,13 @@ def benchmark(name: str) -> Callable[[Callable[[float, Path], list[Result]]],
 
 
 def runtime(folder: Path, clock: SimulatedClock):  # type: ignore[no-untyped-def]
-    settings = Settings(data_dir=folder, organization="bench", secret_key="bench",
-                        config_dir=PROJECT_ROOT / "config",
-                        templates_dir=PROJECT_ROOT / "templates")
+    settings = Settings(
+        data_dir=folder,
+        organization="bench",
+        secret_key="bench",
+        config_dir=PROJECT_ROOT / "config",
+        templates_dir=PROJECT_ROOT / "templates",
+    )
     rt = build_runtime(settings, clock)
     migrate(rt.engine)
     return rt
@@ -80,20 +93,38 @@ def make_org(rt, employees: int, reports_per_manager: int = 8) -> int:  # type: 
     """An organisation of `employees` reports under managers, inserted in bulk."""
     now = rt.now()
     with transaction(rt.factory) as session:
-        org = Organization(slug="bench", name="Bench", created_at=now, audit_seq=0,
-                           audit_head="0" * 64)
+        org = Organization(
+            slug="bench", name="Bench", created_at=now, audit_seq=0, audit_head="0" * 64
+        )
         session.add(org)
         session.flush()
         managers = max(employees // reports_per_manager, 1)
         base = {"organization_id": org.id, "active": True, "created_at": now, "updated_at": now}
-        manager_ids = session.scalars(insert(Person).returning(Person.id), [
-            {**base, "email": f"m{i}@bench.test", "name": f"Manager {i}",
-             "timezone": ZONES[i % len(ZONES)]} for i in range(managers)]).all()
-        session.execute(insert(Person), [
-            {**base, "email": f"e{i}@bench.test", "name": f"Employee {i}",
-             "timezone": ZONES[(i // reports_per_manager) % len(ZONES)],
-             "manager_id": manager_ids[(i // reports_per_manager) % managers]}
-            for i in range(employees)])
+        manager_ids = session.scalars(
+            insert(Person).returning(Person.id),
+            [
+                {
+                    **base,
+                    "email": f"m{i}@bench.test",
+                    "name": f"Manager {i}",
+                    "timezone": ZONES[i % len(ZONES)],
+                }
+                for i in range(managers)
+            ],
+        ).all()
+        session.execute(
+            insert(Person),
+            [
+                {
+                    **base,
+                    "email": f"e{i}@bench.test",
+                    "name": f"Employee {i}",
+                    "timezone": ZONES[(i // reports_per_manager) % len(ZONES)],
+                    "manager_id": manager_ids[(i // reports_per_manager) % managers],
+                }
+                for i in range(employees)
+            ],
+        )
         return org.id
 
 
@@ -109,8 +140,9 @@ def planning_quarter(scale: float, folder: Path) -> list[Result]:
     # A weekly cadence: the quarter then holds 13 meetings per employee.
     import dataclasses
 
-    weekly = dataclasses.replace(next(iter(rt.cadences.values())), frequency="weekly",
-                                 interval_weeks=1)
+    weekly = dataclasses.replace(
+        next(iter(rt.cadences.values())), frequency="weekly", interval_weeks=1
+    )
     rt.cadences = {weekly.name: weekly}
     org = make_org(rt, employees)
     t0 = time.perf_counter()
@@ -118,8 +150,9 @@ def planning_quarter(scale: float, folder: Path) -> list[Result]:
         result = plan(rt, session, org, horizon_days=91)
     planned = time.perf_counter() - t0
     with rt.factory() as session:
-        rules = session.execute(select(CheckinSeries.rrule, CheckinSeries.dtstart_local,
-                                       CheckinSeries.timezone)).all()
+        rules = session.execute(
+            select(CheckinSeries.rrule, CheckinSeries.dtstart_local, CheckinSeries.timezone)
+        ).all()
     t0 = time.perf_counter()
     count = 0
     end = START + dt.timedelta(days=91)
@@ -128,26 +161,63 @@ def planning_quarter(scale: float, folder: Path) -> list[Result]:
     bare = time.perf_counter() - t0
     assert count == result.occurrences_created, (count, result)
     rt.engine.dispose()
-    return [Result(f"planning.quarter.{employees}", planned, "s", bare, planned / bare,
-                   f"{result.series_created} series, {count} occurrences; baseline: expansion only")]
+    return [
+        Result(
+            f"planning.quarter.{employees}",
+            planned,
+            "s",
+            bare,
+            planned / bare,
+            f"{result.series_created} series, {count} occurrences; baseline: expansion only",
+        )
+    ]
 
 
 def _fill(rt, org: int, occurrences: int) -> None:  # type: ignore[no-untyped-def]
     """`occurrences` future occurrences with their two tasks each, inserted in bulk."""
     now = rt.now()
     with transaction(rt.factory) as session:
-        people = session.scalars(insert(Person).returning(Person.id), [
-            {"organization_id": org, "email": f"p{i}@t.test", "name": "P", "timezone": "UTC",
-             "active": True, "created_at": now, "updated_at": now} for i in range(2)]).all()
-        series = CheckinSeries(organization_id=org, cadence_id=None, manager_id=people[0],
-                               employee_id=people[1], uid="bench", rrule="FREQ=DAILY",
-                               dtstart_local="2026-03-02T10:00:00", timezone="UTC",
-                               duration_minutes=30, sequence=0, active=True, created_at=now,
-                               updated_at=now)
+        people = session.scalars(
+            insert(Person).returning(Person.id),
+            [
+                {
+                    "organization_id": org,
+                    "email": f"p{i}@t.test",
+                    "name": "P",
+                    "timezone": "UTC",
+                    "active": True,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for i in range(2)
+            ],
+        ).all()
+        series = CheckinSeries(
+            organization_id=org,
+            cadence_id=None,
+            manager_id=people[0],
+            employee_id=people[1],
+            uid="bench",
+            rrule="FREQ=DAILY",
+            dtstart_local="2026-03-02T10:00:00",
+            timezone="UTC",
+            duration_minutes=30,
+            sequence=0,
+            active=True,
+            created_at=now,
+            updated_at=now,
+        )
         from automation.models import Cadence
 
-        cadence = Cadence(organization_id=org, name="c", source_file="-", digest="-",
-                          definition={}, active=True, updated_at=now)
+        cadence = Cadence(
+            organization_id=org,
+            name="c",
+            source_file="-",
+            digest="-",
+            definition={},
+            active=True,
+            updated_at=now,
+        )
         session.add(cadence)
         session.flush()
         series.cadence_id = cadence.id
@@ -157,16 +227,40 @@ def _fill(rt, org: int, occurrences: int) -> None:  # type: ignore[no-untyped-de
         for lo in range(0, occurrences, batch):
             n = min(batch, occurrences - lo)
             starts = [now + dt.timedelta(days=1, minutes=lo + i) for i in range(n)]
-            ids = session.scalars(insert(Occurrence).returning(
-                Occurrence.id, sort_by_parameter_order=True), [
-                {"organization_id": org, "series_id": series.id, "recurrence_id": s,
-                 "start_at": s, "end_at": s + dt.timedelta(minutes=30), "state": "invited",
-                 "created_at": now, "updated_at": now} for s in starts]).all()
-            session.execute(insert(Task), [
-                {"organization_id": org, "kind": kind, "key": f"{kind}:occurrence:{i}",
-                 "subject_id": i, "due_at": s, "state": TaskState.PENDING, "attempts": 0,
-                 "created_at": now, "updated_at": now}
-                for i, s in zip(ids, starts, strict=True) for kind in ("agenda", "followup")])
+            ids = session.scalars(
+                insert(Occurrence).returning(Occurrence.id, sort_by_parameter_order=True),
+                [
+                    {
+                        "organization_id": org,
+                        "series_id": series.id,
+                        "recurrence_id": s,
+                        "start_at": s,
+                        "end_at": s + dt.timedelta(minutes=30),
+                        "state": "invited",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for s in starts
+                ],
+            ).all()
+            session.execute(
+                insert(Task),
+                [
+                    {
+                        "organization_id": org,
+                        "kind": kind,
+                        "key": f"{kind}:occurrence:{i}",
+                        "subject_id": i,
+                        "due_at": s,
+                        "state": TaskState.PENDING,
+                        "attempts": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for i, s in zip(ids, starts, strict=True)
+                    for kind in ("agenda", "followup")
+                ],
+            )
 
 
 def _tick_cost(rt, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -188,22 +282,31 @@ def tick_scan(scale: float, folder: Path) -> list[Result]:
     for n in (small_n, large_n):
         rt = runtime(folder / f"tick{n}", SimulatedClock(START))
         with transaction(rt.factory) as session:
-            org = Organization(slug="t", name="t", created_at=rt.now(), audit_seq=0,
-                               audit_head="0" * 64)
+            org = Organization(
+                slug="t", name="t", created_at=rt.now(), audit_seq=0, audit_head="0" * 64
+            )
             session.add(org)
             session.flush()
             org_id = org.id
         _fill(rt, org_id, n)
         costs[n] = _tick_cost(rt, 200)
         rt.engine.dispose()
-    return [Result(f"tick.scan.{large_n}_vs_{small_n}", costs[large_n] * 1e3, "ms",
-                   costs[small_n] * 1e3, costs[large_n] / costs[small_n],
-                   f"median tick with {large_n} vs {small_n} planned occurrences")]
+    return [
+        Result(
+            f"tick.scan.{large_n}_vs_{small_n}",
+            costs[large_n] * 1e3,
+            "ms",
+            costs[small_n] * 1e3,
+            costs[large_n] / costs[small_n],
+            f"median tick with {large_n} vs {small_n} planned occurrences",
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only", default="", help="run benchmarks whose name starts with this")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size by this")
@@ -216,13 +319,22 @@ def main(argv: list[str] | None = None) -> int:
         for name in selected:
             results += BENCHMARKS[name](args.scale, Path(tmp))
     if args.json:
-        print(json.dumps([{k: v for k, v in asdict(r).items() if k != "note"} | (
-            {"note": r.note} if r.note else {}) for r in results]))
+        print(
+            json.dumps(
+                [
+                    {k: v for k, v in asdict(r).items() if k != "note"}
+                    | ({"note": r.note} if r.note else {})
+                    for r in results
+                ]
+            )
+        )
         return 0
     print(f"{'benchmark':<36} {'value':>12} {'baseline':>12} {'ratio':>8}  note")
     for r in results:
-        print(f"{r.name:<36} {r.value:>10.3f}{r.unit:>2} {r.baseline:>10.3f}{r.unit:>2} "
-              f"{r.ratio:>8.2f}  {r.note}")
+        print(
+            f"{r.name:<36} {r.value:>10.3f}{r.unit:>2} {r.baseline:>10.3f}{r.unit:>2} "
+            f"{r.ratio:>8.2f}  {r.note}"
+        )
     return 0
 
 

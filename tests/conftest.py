@@ -19,11 +19,11 @@ from sqlalchemy import create_engine, text
 from automation.clock import SimulatedClock
 from automation.settings import PROJECT_ROOT, Settings
 
-POSTGRES_URL = os.environ.get("AUTOMATION_TEST_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@localhost:5432/test")
+POSTGRES_URL = os.environ.get(
+    "AUTOMATION_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@localhost:5432/test"
+)
 REDIS_URL = os.environ.get("AUTOMATION_TEST_REDIS_URL", "redis://localhost:6379/15")
-RABBITMQ_URL = os.environ.get("AUTOMATION_TEST_RABBITMQ_URL",
-                              "amqp://guest:guest@localhost:5672/")
+RABBITMQ_URL = os.environ.get("AUTOMATION_TEST_RABBITMQ_URL", "amqp://guest:guest@localhost:5672/")
 START = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)  # a Monday, a week before US DST
 
 
@@ -66,10 +66,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url,
-                    organization="acme", organization_name="Acme",
-                    secret_key="test-secret", config_dir=PROJECT_ROOT / "config",
-                    templates_dir=PROJECT_ROOT / "templates")
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        organization="acme",
+        organization_name="Acme",
+        secret_key="test-secret",
+        config_dir=PROJECT_ROOT / "config",
+        templates_dir=PROJECT_ROOT / "templates",
+    )
 
 
 @pytest.fixture

@@ -61,10 +61,15 @@ def occurrences(rt, employee_email: str) -> list[Occurrence]:
     from automation.models import Person
 
     with rt.factory() as session:
-        return list(session.scalars(
-            select(Occurrence).join(CheckinSeries, CheckinSeries.id == Occurrence.series_id)
-            .join(Person, Person.id == CheckinSeries.employee_id)
-            .where(Person.email == employee_email).order_by(Occurrence.start_at)))
+        return list(
+            session.scalars(
+                select(Occurrence)
+                .join(CheckinSeries, CheckinSeries.id == Occurrence.series_id)
+                .join(Person, Person.id == CheckinSeries.employee_id)
+                .where(Person.email == employee_email)
+                .order_by(Occurrence.start_at)
+            )
+        )
 
 
 def advance_until(rt, clock, moment: dt.datetime) -> None:
@@ -74,8 +79,15 @@ def advance_until(rt, clock, moment: dt.datetime) -> None:
         run_due(rt)
 
 
-def reply_to(rt, prompt: OutboundMessage, sender: str, body: str, *,
-             to: str | None = None, headers: dict[str, str] | None = None) -> bytes:
+def reply_to(
+    rt,
+    prompt: OutboundMessage,
+    sender: str,
+    body: str,
+    *,
+    to: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     original = email.message_from_bytes(prompt.raw, policy=email.policy.default)
     msg = EmailMessage()
     msg["From"] = sender
@@ -109,13 +121,15 @@ def test_series_are_planned_and_written_as_valid_icalendar(rt, org):
     assert event.decoded("dtstart").tzinfo.key == "Europe/Berlin"
     assert [str(t["tzid"]) for t in cal.walk("VTIMEZONE")] == ["Europe/Berlin"]
     assert str(event["organizer"]) == "mailto:boss@acme.test"
-    assert {str(a) for a in event["attendee"]} == {"mailto:ana@acme.test",
-                                                    "mailto:boss@acme.test"}
+    assert {str(a) for a in event["attendee"]} == {"mailto:ana@acme.test", "mailto:boss@acme.test"}
     # The manager's feed holds all three series; the manager is never double-booked.
     boss = icalendar.Calendar.from_ical((rt.settings.calendars / "boss@acme.test.ics").read_bytes())
     assert len(list(boss.walk("VEVENT"))) == 3
-    starts = [o.start_at for e in ("ana@acme.test", "kai@acme.test", "hr@acme.test")
-              for o in occurrences(rt, e)]
+    starts = [
+        o.start_at
+        for e in ("ana@acme.test", "kai@acme.test", "hr@acme.test")
+        for o in occurrences(rt, e)
+    ]
     assert len(starts) == len(set(starts))
 
 
@@ -140,19 +154,27 @@ def test_agenda_then_followup_then_reply_becomes_a_record(rt, org, clock):
     first = occurrences(rt, "ana@acme.test")[0]
     advance_until(rt, clock, first.start_at)
     agendas = [m for m in outbox(rt, "agenda") if m.occurrence_id == first.id]
-    assert sorted(r for m in agendas for r in m.recipients) == ["ana@acme.test",
-                                                                "boss@acme.test"]
+    assert sorted(r for m in agendas for r in m.recipients) == ["ana@acme.test", "boss@acme.test"]
     advance_until(rt, clock, first.end_at + dt.timedelta(hours=1, minutes=1))
     (prompt,) = [m for m in outbox(rt, "followup") if m.occurrence_id == first.id]
     parsed = email.message_from_bytes(prompt.raw, policy=email.policy.default)
     assert str(parsed["Reply-To"]).startswith(f"checkin+{org}-o{first.id}-")
     assert parsed["Auto-Submitted"] == "auto-generated"
-    assert (rt.settings.outbox / "new").exists() and len(list((rt.settings.outbox / "new").iterdir())) >= 3
+    assert (rt.settings.outbox / "new").exists() and len(
+        list((rt.settings.outbox / "new").iterdir())
+    ) >= 3
 
-    deliver(rt, reply_to(rt, prompt, "Bea Boss <boss@acme.test>",
-                         "1. Shipped the onboarding docs.\n2. Waiting on legal.\n"
-                         "Rating: 4\nAction: Ana to draft the plan by Friday\n"),
-            "reply-1")
+    deliver(
+        rt,
+        reply_to(
+            rt,
+            prompt,
+            "Bea Boss <boss@acme.test>",
+            "1. Shipped the onboarding docs.\n2. Waiting on legal.\n"
+            "Rating: 4\nAction: Ana to draft the plan by Friday\n",
+        ),
+        "reply-1",
+    )
     with rt.factory() as session:
         (record,) = session.scalars(select(ConversationRecord))
         assert record.subject_id == first.id and record.version == 1
@@ -160,7 +182,8 @@ def test_agenda_then_followup_then_reply_becomes_a_record(rt, org, clock):
         assert record.answers["1"].startswith("Shipped the onboarding docs")
         (item,) = session.scalars(select(ActionItem))
         assert "draft the plan" in item.text and item.due_on == dt.date(2026, 3, 6) + dt.timedelta(
-            days=7 * ((first.start_at.date() - dt.date(2026, 3, 2)).days // 7))
+            days=7 * ((first.start_at.date() - dt.date(2026, 3, 2)).days // 7)
+        )
         source = session.get(InboundMessage, record.source_message_id)
         assert source.state == "recorded" and source.raw.startswith(b"From: Bea Boss")
         assert session.get(Occurrence, first.id).documented_at is not None
@@ -179,11 +202,11 @@ def test_an_answer_sent_again_adds_a_version(rt, org, clock):
     advance_until(rt, clock, first.end_at + dt.timedelta(hours=2))
     (prompt,) = [m for m in outbox(rt, "followup") if m.occurrence_id == first.id]
     deliver(rt, reply_to(rt, prompt, "boss@acme.test", "1. Good week.\n"), "a")
-    deliver(rt, reply_to(rt, prompt, "boss@acme.test", "1. Good week, and the demo landed.\n"),
-            "b")
+    deliver(rt, reply_to(rt, prompt, "boss@acme.test", "1. Good week, and the demo landed.\n"), "b")
     with rt.factory() as session:
-        records = list(session.scalars(select(ConversationRecord).order_by(
-            ConversationRecord.version)))
+        records = list(
+            session.scalars(select(ConversationRecord).order_by(ConversationRecord.version))
+        )
     assert [r.version for r in records] == [1, 2]
     assert records[0].answers["1"] == "Good week."  # the first version is kept as it was
 
@@ -192,9 +215,13 @@ def test_undocumented_checkin_reminds_then_escalates_once(rt, org, clock):
     first = occurrences(rt, "ana@acme.test")[0]
     advance_until(rt, clock, first.end_at + dt.timedelta(days=16))
     with rt.factory() as session:
-        steps = list(session.scalars(select(Escalation).where(
-            Escalation.subject_kind == "occurrence", Escalation.subject_id == first.id)
-            .order_by(Escalation.step)))
+        steps = list(
+            session.scalars(
+                select(Escalation)
+                .where(Escalation.subject_kind == "occurrence", Escalation.subject_id == first.id)
+                .order_by(Escalation.step)
+            )
+        )
     assert [(s.step, s.action) for s in steps] == [(0, "remind"), (1, "escalate")]
     # 3 and 7 business days after the meeting, in the manager's zone (New York, which
     # changes to summer time in between), skipping the weekend.
@@ -202,8 +229,7 @@ def test_undocumented_checkin_reminds_then_escalates_once(rt, org, clock):
 
     new_york = ZoneInfo("America/New_York")
     end_local = first.end_at.astimezone(new_york)
-    due = [(end_local.replace(day=end_local.day + days)).astimezone(dt.UTC)
-           for days in (3, 9)]
+    due = [(end_local.replace(day=end_local.day + days)).astimezone(dt.UTC) for days in (3, 9)]
     assert due[0] <= steps[0].created_at < due[0] + dt.timedelta(hours=1)
     assert due[1] <= steps[1].created_at < due[1] + dt.timedelta(hours=1)
     reminders = [m for m in outbox(rt, "remind") if m.occurrence_id == first.id]
@@ -276,8 +302,9 @@ def test_crash_after_send_before_record_does_not_send_twice(rt, org, clock):
     # The lease runs out; the task is claimed again and finds the earlier attempt.
     advance_until(rt, clock, clock.now() + dt.timedelta(seconds=rt.settings.lease_seconds + 60))
     with rt.factory() as session:
-        message = session.scalar(select(OutboundMessage).where(
-            OutboundMessage.message_id == calls[0]))
+        message = session.scalar(
+            select(OutboundMessage).where(OutboundMessage.message_id == calls[0])
+        )
         task = session.scalar(select(Task).where(Task.key == f"send:{message.id}"))
     assert message.state == "sent" and task.result == "found-earlier-attempt"
     assert task.attempts == 2
@@ -304,17 +331,26 @@ def test_pip_review_escalates_to_the_hr_partner(rt, org, clock):
     from automation.domain.cadence import LadderStep
     from automation.services.escalation import start_pip
 
-    plan = PipPlan("ana@acme.test", "30-day plan", 0, 30, (("Week 1 review", 7),),
-                   (LadderStep(1, "manager", "reminder"), LadderStep(3, "hr_partner",
-                                                                     "escalation")))
+    plan = PipPlan(
+        "ana@acme.test",
+        "30-day plan",
+        0,
+        30,
+        (("Week 1 review", 7),),
+        (LadderStep(1, "manager", "reminder"), LadderStep(3, "hr_partner", "escalation")),
+    )
     with transaction(rt.factory) as session:
         start_pip(rt, session, org, plan, clock.now())
     advance_until(rt, clock, clock.now() + dt.timedelta(days=14))
     prompts = outbox(rt, "pip_review")
     assert [m.recipients for m in prompts] == [["boss@acme.test"]]
     with rt.factory() as session:
-        steps = list(session.scalars(select(Escalation).where(
-            Escalation.subject_kind == "pip_review").order_by(Escalation.step)))
+        steps = list(
+            session.scalars(
+                select(Escalation)
+                .where(Escalation.subject_kind == "pip_review")
+                .order_by(Escalation.step)
+            )
+        )
     assert [s.action for s in steps] == ["remind", "escalate"]
-    assert [m.recipients for m in outbox(rt, "escalate") if m.pip_review_id] == [
-        ["hr@acme.test"]]
+    assert [m.recipients for m in outbox(rt, "escalate") if m.pip_review_id] == [["hr@acme.test"]]

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import tomllib
-import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select
 
 from automation.audit import verify_chain
 from automation.db import make_engine, migrate, session_factory, transaction
@@ -28,7 +24,6 @@ from automation.people import (
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example"
 HEADER = "email,name,timezone,manager_email,hr_partner_email"
-PG_ADMIN_URL = "postgresql+psycopg://postgres@localhost:5432/postgres"
 NOW = dt.datetime(2025, 3, 3, 9, 0, tzinfo=dt.UTC)
 
 SMALL = f"""{HEADER}
@@ -38,33 +33,13 @@ ann@example.com,Ann Report,Asia/Tokyo,boss@example.com,hr@example.com
 """
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def factory(request, tmp_path):
-    """A migrated database: an SQLite file, and a fresh PostgreSQL database if one is running."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path}/t.db")
-        migrate(engine)
-        yield session_factory(engine)
-        engine.dispose()
-        return
-    admin_url = make_url(os.environ.get("AUTOMATION_TEST_POSTGRES_URL", PG_ADMIN_URL))
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        conn = admin.connect()
-    except OperationalError:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL at {admin_url.render_as_string(hide_password=True)}")
-    name = f"test_people_{uuid.uuid4().hex[:12]}"
-    conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    engine = make_engine(admin_url.set(database=name).render_as_string(hide_password=False))
-    try:
-        migrate(engine)
-        yield session_factory(engine)
-    finally:
-        engine.dispose()
-        conn.exec_driver_sql(f'DROP DATABASE "{name}"')
-        conn.close()
-        admin.dispose()
+@pytest.fixture
+def factory(database_url):
+    """A migrated database: a SQLite file and a PostgreSQL schema (see conftest)."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
 
 
 def org_id(factory, slug: str = "acme") -> int:

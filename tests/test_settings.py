@@ -23,10 +23,14 @@ def test_defaults_are_the_embedded_set_up(tmp_path: Path):
 def test_environment_wins_over_the_file(tmp_path: Path):
     file = tmp_path / "settings.toml"
     file.write_text('broker_url = "redis://file:6379/0"\nholidays = ["2026-12-25"]\n')
-    s = load_settings(file, environ={
-        "AUTOMATION_BROKER_URL": "amqp://guest:guest@localhost:5672/",
-        "AUTOMATION_DATABASE_URL": "postgresql+psycopg://u@localhost/db",
-        "AUTOMATION_LEASE_SECONDS": "60"})
+    s = load_settings(
+        file,
+        environ={
+            "AUTOMATION_BROKER_URL": "amqp://guest:guest@localhost:5672/",
+            "AUTOMATION_DATABASE_URL": "postgresql+psycopg://u@localhost/db",
+            "AUTOMATION_LEASE_SECONDS": "60",
+        },
+    )
     assert s.broker_url.startswith("amqp://") and s.database.startswith("postgresql")
     assert s.lease_seconds == 60 and s.holidays == (dt.date(2026, 12, 25),)
 
@@ -40,8 +44,10 @@ def test_secret_from_a_file_and_never_echoed(tmp_path: Path):
 
 def test_bad_values_name_file_field_and_fix(tmp_path: Path):
     file = tmp_path / "settings.toml"
-    file.write_text('default_timezone = "Mars/Olympus"\nbusiness_days = ["mon", "funday"]\n'
-                    'lease_secs = 5\ndatabase_url = "mysql://secret@db"\n')
+    file.write_text(
+        'default_timezone = "Mars/Olympus"\nbusiness_days = ["mon", "funday"]\n'
+        'lease_secs = 5\ndatabase_url = "mysql://secret@db"\n'
+    )
     with pytest.raises(ConfigError) as err:
         load_settings(file, environ={"AUTOMATION_TICK_SECONDS": "soon"})
     text = str(err.value)

@@ -17,12 +17,15 @@ def test_round_trip_and_case_insensitivity():
     assert find_token(KEY, [address.upper()]) == token  # some MTAs change case
 
 
-@pytest.mark.parametrize("edit", [
-    lambda a: a.replace("-o1234-", "-o1235-"),  # another check-in
-    lambda a: a.replace("+7-", "+8-"),  # another organization
-    lambda a: a.replace("-o1234-", "-r1234-"),  # another kind
-    lambda a: a[:-25] + ("a" if a[-25] != "a" else "b") + a[-24:],  # one signature letter
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda a: a.replace("-o1234-", "-o1235-"),  # another check-in
+        lambda a: a.replace("+7-", "+8-"),  # another organization
+        lambda a: a.replace("-o1234-", "-r1234-"),  # another kind
+        lambda a: a[:-25] + ("a" if a[-25] != "a" else "b") + a[-24:],  # one signature letter
+    ],
+)
 def test_edited_addresses_are_forged(edit):
     address = reply_address(KEY, ReplyToken(7, "occurrence", 1234), "checkin", "r.example")
     with pytest.raises(ForgedToken):

@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
-from automation.domain.replies import Extraction, ParsedEmail, decode_message, extract
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 from automation import audit
 from automation.db import transaction
 from automation.domain.commands import parse_when
+from automation.domain.replies import Extraction, ParsedEmail, decode_message, extract
 from automation.domain.tokens import ForgedToken, ReplyToken, find_token
 from automation.models import (
     ActionItem,
@@ -196,7 +196,7 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
             rt,
             message,
             f"sender {parsed.from_address} is not a participant of this "
-            f"{token.kind.replace('_', ' ')}",
+            f"{'check-in' if token.kind == 'occurrence' else 'PIP review'}",
         )
     if token.kind == "occurrence":
         ctx = load_checkin(session, message.organization_id, token.subject_id)
