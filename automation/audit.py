@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from automation.models import AuditEntry, Organization
@@ -71,6 +71,44 @@ def record(
     org.audit_head = digest
     session.add(entry)
     return entry
+
+
+def record_many(
+    session: Session, organization_id: int, entries: list[dict[str, Any]], at: dt.datetime
+) -> int:
+    """Append many entries at once (bulk planning); each dict has the keyword arguments of
+    :func:`record` except ``at``. One lock and one INSERT instead of one per entry."""
+    if not entries:
+        return 0
+    org = session.execute(
+        select(Organization).where(Organization.id == organization_id).with_for_update()
+    ).scalar_one()
+    rows = []
+    seq, head = org.audit_seq, org.audit_head
+    for e in entries:
+        seq += 1
+        data = e.get("data") or {}
+        digest = entry_hash(
+            head, seq, at, e["actor"], e["action"], e["subject_kind"], e["subject_id"], data
+        )
+        rows.append(
+            {
+                "organization_id": organization_id,
+                "seq": seq,
+                "at": at,
+                "actor": e["actor"],
+                "action": e["action"],
+                "subject_kind": e["subject_kind"],
+                "subject_id": e["subject_id"],
+                "data": data,
+                "prev_hash": head,
+                "hash": digest,
+            }
+        )
+        head = digest
+    session.execute(insert(AuditEntry), rows)
+    org.audit_seq, org.audit_head = seq, head
+    return len(rows)
 
 
 def verify_chain(session: Session, organization_id: int) -> tuple[bool, int | None]:

@@ -141,3 +141,26 @@ def test_demo_runs_the_whole_loop_deterministically(env, tmp_path):
     mail_one = sorted(p.read_bytes() for p in (tmp_path / "one/mail/outbox/new").iterdir())
     mail_two = sorted(p.read_bytes() for p in (tmp_path / "two/mail/outbox/new").iterdir())
     assert mail_one == mail_two  # same seed, byte-identical mail
+
+
+def test_run_once_plans_and_writes_calendars_on_the_embedded_default(env, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    assert (
+        automation("people", "import", "config/example/people.csv", env=env, cwd=root).returncode
+        == 0
+    )
+    first = automation("run", "--once", env=env, cwd=root)
+    assert first.returncode == 0, first.stderr
+    assert b"in-process worker" in first.stderr
+    automation("run", "--once", env=env, cwd=root)  # picks up the invites the plan created
+    calendars = list((tmp_path / "data" / "calendars").glob("*.ics"))
+    assert len(calendars) == 25
+    with sqlite3.connect(tmp_path / "data" / "automation.db") as db:
+        failed = db.execute("SELECT count(*) FROM tasks WHERE state = 'failed'").fetchone()
+        series = db.execute("SELECT count(*) FROM checkin_series").fetchone()
+    assert failed == (0,) and series == (24,)
+
+
+def test_worker_refuses_the_stub_broker_with_a_fix(env):
+    result = automation("worker", env=env)
+    assert result.returncode == 78 and b"AUTOMATION_BROKER_URL" in result.stderr

@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -137,7 +138,8 @@ def plan(
         )
     }
     busy = _busy_by_person(session, organization_id, now, horizon)
-    created = 0
+    slot_horizon = now + dt.timedelta(days=rt.settings.planning_horizon_days)
+    new_series: list[dict[str, Any]] = []
     for name, cadence in rt.cadences.items():
         row = cadence_rows[name]
         for person in people.values():
@@ -150,7 +152,15 @@ def plan(
                     series.manager_id = manager.id  # a new manager takes over the series
                     series.sequence += 1
                     series.updated_at = now
-                    _queue_invite(session, series, now)
+                    create_task(
+                        session,
+                        organization_id,
+                        "invite",
+                        f"invite:series:{series.id}:{series.sequence}",
+                        series.id,
+                        now,
+                        now,
+                    )
                 continue
             slot, rule = choose_slot(
                 cadence,
@@ -159,152 +169,185 @@ def plan(
                 busy[manager.id] + busy[person.id],
                 rt.settings.planning_horizon_days,
             )
-            series = CheckinSeries(
-                organization_id=organization_id,
-                cadence_id=row.id,
-                manager_id=manager.id,
-                employee_id=person.id,
-                uid="",
-                rrule=rule,
-                dtstart_local=slot.isoformat(timespec="seconds"),
-                timezone=person.timezone,
-                duration_minutes=cadence.duration_minutes,
-                sequence=0,
-                active=True,
-                planned_until=None,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(series)
-            session.flush()
-            series.uid = f"checkin-{organization_id}-{series.id}@{rt.settings.reply_domain}"
-            existing[(row.id, person.id)] = series
             for inst in expand(
-                rule,
-                slot,
-                person.timezone,
-                cadence.duration_minutes,
-                now,
-                now + dt.timedelta(days=rt.settings.planning_horizon_days),
+                rule, slot, person.timezone, cadence.duration_minutes, now, slot_horizon
             ):
                 busy[manager.id].append((inst.start, inst.end))
                 busy[person.id].append((inst.start, inst.end))
-            audit.record(
-                session,
-                organization_id,
-                actor="planner",
-                action="series.created",
-                subject_kind="series",
-                subject_id=series.id,
-                at=now,
-                data={
-                    "cadence": name,
-                    "employee": person.email,
-                    "manager": manager.email,
+            new_series.append(
+                {
+                    "organization_id": organization_id,
+                    "cadence_id": row.id,
+                    "manager_id": manager.id,
+                    "employee_id": person.id,
+                    # Derived from the series' natural key: stable, and unique per organization.
+                    "uid": f"checkin-{organization_id}-{row.id}-{person.id}"
+                    f"@{rt.settings.reply_domain}",
                     "rrule": rule,
-                    "dtstart": series.dtstart_local,
-                    "tz": person.timezone,
-                },
+                    "dtstart_local": slot.isoformat(timespec="seconds"),
+                    "timezone": person.timezone,
+                    "duration_minutes": cadence.duration_minutes,
+                    "sequence": 0,
+                    "active": True,
+                    "planned_until": None,
+                    "created_at": now,
+                    "updated_at": now,
+                    "_audit": {
+                        "cadence": name,
+                        "employee": person.email,
+                        "manager": manager.email,
+                        "rrule": rule,
+                        "dtstart": slot.isoformat(timespec="seconds"),
+                        "tz": person.timezone,
+                    },
+                }
             )
-            _queue_invite(session, series, now)
-            created += 1
-    occurrences = 0
+    if new_series:
+        notes = [s.pop("_audit") for s in new_series]
+        ids = session.scalars(
+            insert(CheckinSeries).returning(CheckinSeries.id, sort_by_parameter_order=True),
+            new_series,
+        ).all()
+        audit.record_many(
+            session,
+            organization_id,
+            [
+                {
+                    "actor": "planner",
+                    "action": "series.created",
+                    "subject_kind": "series",
+                    "subject_id": series_id,
+                    "data": note,
+                }
+                for series_id, note in zip(ids, notes, strict=True)
+            ],
+            at=now,
+        )
+        session.execute(
+            insert(Task),
+            [
+                _task_row(organization_id, "invite", f"invite:series:{i}:0", i, now, now)
+                for i in ids
+            ],
+        )
+        existing.update(
+            {
+                (s.cadence_id, s.employee_id): s
+                for s in session.scalars(select(CheckinSeries).where(CheckinSeries.id.in_(ids)))
+            }
+        )
+    invited = set(
+        session.scalars(
+            select(Task.subject_id).where(
+                Task.organization_id == organization_id,
+                Task.kind == "invite",
+                Task.state == TaskState.DONE,
+            )
+        )
+    )
     cadence_by_id = {
         r.id: rt.cadences[r.name] for r in cadence_rows.values() if r.name in rt.cadences
     }
-    for series in existing.values():
-        cadence = cadence_by_id.get(series.cadence_id)
-        if cadence is not None and series.active:
-            occurrences += extend_series(session, series, cadence, now, horizon)
-    return PlanResult(created, occurrences)
-
-
-def _queue_invite(session: Session, series: CheckinSeries, now: dt.datetime) -> None:
-    create_task(
+    occurrences = extend_series(
         session,
-        series.organization_id,
-        "invite",
-        f"invite:series:{series.id}:{series.sequence}",
-        series.id,
+        [
+            (s, cadence_by_id[s.cadence_id], s.id in invited)
+            for s in existing.values()
+            if s.active and s.cadence_id in cadence_by_id
+        ],
         now,
-        now,
+        horizon,
     )
+    return PlanResult(len(new_series), occurrences)
+
+
+def _task_row(
+    org: int, kind: str, key: str, subject_id: int, due: dt.datetime, now: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "organization_id": org,
+        "kind": kind,
+        "key": key,
+        "subject_id": subject_id,
+        "due_at": due,
+        "state": TaskState.PENDING,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def extend_series(
     session: Session,
-    series: CheckinSeries,
-    cadence: Cadence,
+    todo: list[tuple[CheckinSeries, Cadence, bool]],
     now: dt.datetime,
     horizon: dt.datetime,
+    chunk: int = 5000,
 ) -> int:
-    """Add the occurrences between what is planned and the horizon, with their due work."""
-    start = series.planned_until or now
-    if start >= horizon:
-        return 0
-    instances = expand(
-        series.rrule,
-        dt.datetime.fromisoformat(series.dtstart_local),
-        series.timezone,
-        series.duration_minutes,
-        start,
-        horizon,
-    )
-    series.planned_until = horizon
-    if not instances:
-        return 0
-    org = series.organization_id
-    # Occurrences added to a series already in people's calendars are covered by its RRULE.
-    invited = (
-        session.scalar(
-            select(Task.id)
-            .where(
-                Task.organization_id == org,
-                Task.kind == "invite",
-                Task.subject_id == series.id,
-                Task.state == TaskState.DONE,
-            )
-            .limit(1)
-        )
-        is not None
-    )
-    state = OccurrenceState.INVITED if invited else OccurrenceState.PLANNED
-    ids = session.scalars(
-        insert(Occurrence).returning(Occurrence.id, sort_by_parameter_order=True),
-        [
-            {
-                "organization_id": org,
-                "series_id": series.id,
-                "recurrence_id": i.recurrence_id,
-                "start_at": i.start,
-                "end_at": i.end,
-                "state": state,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for i in instances
-        ],
-    ).all()
-    lead = dt.timedelta(hours=cadence.agenda_lead_hours)
-    delay = dt.timedelta(hours=cadence.followup_delay_hours)
-    tasks = []
-    for occ_id, inst in zip(ids, instances, strict=True):
-        for kind, due in (("agenda", inst.start - lead), ("followup", inst.end + delay)):
-            tasks.append(
+    """Add each series' occurrences between what is planned and the horizon, with their due
+    work (agenda and follow-up tasks). ``todo`` holds (series, cadence, already invited?);
+    occurrences added to a series already in people's calendars are covered by its RRULE.
+    """
+    rows: list[dict[str, Any]] = []
+    timing: list[tuple[dt.timedelta, dt.timedelta]] = []
+    for series, cadence, invited in todo:
+        start = series.planned_until or now
+        if start >= horizon:
+            continue
+        series.planned_until = horizon
+        lead = dt.timedelta(hours=cadence.agenda_lead_hours)
+        delay = dt.timedelta(hours=cadence.followup_delay_hours)
+        for i in expand(
+            series.rrule,
+            dt.datetime.fromisoformat(series.dtstart_local),
+            series.timezone,
+            series.duration_minutes,
+            start,
+            horizon,
+        ):
+            rows.append(
                 {
-                    "organization_id": org,
-                    "kind": kind,
-                    "key": f"{kind}:occurrence:{occ_id}",
-                    "subject_id": occ_id,
-                    "due_at": max(due, now),
-                    "state": TaskState.PENDING,
-                    "attempts": 0,
+                    "organization_id": series.organization_id,
+                    "series_id": series.id,
+                    "recurrence_id": i.recurrence_id,
+                    "start_at": i.start,
+                    "end_at": i.end,
+                    "state": OccurrenceState.INVITED if invited else OccurrenceState.PLANNED,
                     "created_at": now,
                     "updated_at": now,
                 }
             )
-    session.execute(insert(Task), tasks)
-    return len(instances)
+            timing.append((lead, delay))
+    for lo in range(0, len(rows), chunk):
+        batch = rows[lo : lo + chunk]
+        ids = session.scalars(
+            insert(Occurrence).returning(Occurrence.id, sort_by_parameter_order=True), batch
+        ).all()
+        tasks = []
+        for occ_id, occ, (lead, delay) in zip(ids, batch, timing[lo : lo + chunk], strict=True):
+            org = occ["organization_id"]
+            tasks.append(
+                _task_row(
+                    org,
+                    "agenda",
+                    f"agenda:occurrence:{occ_id}",
+                    occ_id,
+                    max(occ["start_at"] - lead, now),
+                    now,
+                )
+            )
+            tasks.append(
+                _task_row(
+                    org,
+                    "followup",
+                    f"followup:occurrence:{occ_id}",
+                    occ_id,
+                    max(occ["end_at"] + delay, now),
+                    now,
+                )
+            )
+        session.execute(insert(Task), tasks)
+    return len(rows)
 
 
 def series_event(rt: Runtime, session: Session, series: CheckinSeries) -> SeriesEvent:
