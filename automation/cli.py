@@ -77,8 +77,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = tick(rt)
             if worker:
                 broker.join(QUEUE)
+                worker.join()
             if args.once:
-                print(f"received {result.received}, enqueued {result.enqueued}")
+                # Work done in this tick can make more work due at once (planning creates
+                # the invites): on the in-process worker, keep going until nothing is due.
+                rounds = 1
+                while worker and result.enqueued and rounds < 20:
+                    result, rounds = tick(rt), rounds + 1
+                    broker.join(QUEUE)
+                    worker.join()
+                print(f"done after {rounds} tick(s)")
                 break
             for _ in range(rt.settings.tick_seconds * 10):
                 if stopping:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from automation.clock import SimulatedClock
 from automation.settings import PROJECT_ROOT, Settings
@@ -41,7 +42,8 @@ def require_service(name: str, host: str, port: int) -> None:
 
 def postgres_schema_url() -> Iterator[str]:
     """A fresh schema in the `test` database, dropped afterwards; yields a URL bound to it."""
-    require_service("PostgreSQL", "localhost", 5432)
+    url = make_url(POSTGRES_URL)
+    require_service("PostgreSQL", url.host or "localhost", url.port or 5432)
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_URL)
     with admin.begin() as conn:

@@ -152,7 +152,6 @@ def test_run_once_plans_and_writes_calendars_on_the_embedded_default(env, tmp_pa
     first = automation("run", "--once", env=env, cwd=root)
     assert first.returncode == 0, first.stderr
     assert b"in-process worker" in first.stderr
-    automation("run", "--once", env=env, cwd=root)  # picks up the invites the plan created
     calendars = list((tmp_path / "data" / "calendars").glob("*.ics"))
     assert len(calendars) == 25
     with sqlite3.connect(tmp_path / "data" / "automation.db") as db:
