@@ -354,3 +354,32 @@ def test_pip_review_escalates_to_the_hr_partner(rt, org, clock):
         )
     assert [s.action for s in steps] == ["remind", "escalate"]
     assert [m.recipients for m in outbox(rt, "escalate") if m.pip_review_id] == [["hr@acme.test"]]
+
+
+def test_a_person_who_leaves_has_their_series_cancelled(rt, org, clock, tmp_path):
+    advance_until(rt, clock, clock.now() + dt.timedelta(hours=2))
+
+    def kai_agendas() -> int:
+        return len([m for m in outbox(rt, "agenda") if "kai@acme.test" in m.recipients])
+
+    before = kai_agendas()
+    left = tmp_path / "left.csv"
+    left.write_text(
+        PEOPLE.replace(
+            "kai@acme.test,Kai Tanaka,Asia/Tokyo,boss@acme.test,hr@acme.test",
+            "kai@acme.test,Kai Tanaka,Asia/Tokyo,boss@acme.test,hr@acme.test,false",
+        ).replace("hr_partner_email", "hr_partner_email,active")
+    )
+    with transaction(rt.factory) as session:
+        import_people_file(session, org, left, rt.now())
+        from automation.services.planning import plan
+
+        plan(rt, session, org)
+    advance_until(rt, clock, clock.now() + dt.timedelta(days=21))
+    left_at = clock.now() - dt.timedelta(days=21)
+    later = [o for o in occurrences(rt, "kai@acme.test") if o.start_at > left_at]
+    assert later and all(o.state == "cancelled" for o in later)
+    assert kai_agendas() == before  # no agenda for a cancelled meeting
+    cal = icalendar.Calendar.from_ical((rt.settings.calendars / "kai@acme.test.ics").read_bytes())
+    (event,) = cal.walk("VEVENT")
+    assert str(event["status"]) == "CANCELLED" and int(event["sequence"]) == 1

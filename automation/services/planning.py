@@ -236,6 +236,16 @@ def plan(
                 for s in session.scalars(select(CheckinSeries).where(CheckinSeries.id.in_(ids)))
             }
         )
+    wanted = {
+        (cadence_rows[name].id, person.id)
+        for name, cadence in rt.cadences.items()
+        for person in people.values()
+        if person.manager_id in people
+        and cadence.applies_to(person.email, people[person.manager_id].email)
+    }
+    for key, series in existing.items():
+        if series.active and key not in wanted:
+            retire_series(session, series, now)
     invited = set(
         session.scalars(
             select(Task.subject_id).where(
@@ -259,6 +269,48 @@ def plan(
         horizon,
     )
     return PlanResult(len(new_series), occurrences)
+
+
+def retire_series(session: Session, series: CheckinSeries, now: dt.datetime) -> None:
+    """End a series whose employee left, lost their manager, or whose cadence was removed.
+
+    Future meetings are cancelled (their agenda and follow-up tasks then find nothing to do)
+    and the calendar gets the series with STATUS:CANCELLED and a higher SEQUENCE.
+    """
+    series.active = False
+    series.sequence += 1
+    series.updated_at = now
+    cancelled = 0
+    for occ in session.scalars(
+        select(Occurrence).where(
+            Occurrence.organization_id == series.organization_id,
+            Occurrence.series_id == series.id,
+            Occurrence.start_at > now,
+            Occurrence.state.in_((OccurrenceState.PLANNED, OccurrenceState.INVITED)),
+        )
+    ):
+        occ.state = OccurrenceState.CANCELLED
+        occ.updated_at = now
+        cancelled += 1
+    audit.record(
+        session,
+        series.organization_id,
+        actor="planner",
+        action="series.retired",
+        subject_kind="series",
+        subject_id=series.id,
+        at=now,
+        data={"cancelled_occurrences": cancelled},
+    )
+    create_task(
+        session,
+        series.organization_id,
+        "invite",
+        f"invite:series:{series.id}:{series.sequence}",
+        series.id,
+        now,
+        now,
+    )
 
 
 def _task_row(
