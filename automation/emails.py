@@ -61,7 +61,8 @@ def render(templates_dir: Path, name: str, context: dict[str, Any]) -> Rendered:
         try:
             parts.append(env.get_template(path).render(context))
         except TemplateError as exc:
-            where = f"line {exc.lineno}" if getattr(exc, "lineno", None) else "(template)"
+            lineno = getattr(exc, "lineno", None)
+            where = f"line {lineno}" if lineno else "(template)"
             raise ConfigError(
                 ConfigProblem(
                     str(templates_dir / path),

@@ -490,8 +490,9 @@ def apply_people(
         person.hr_partner_id = id_of[r.hr_partner_email] if r.hr_partner_email else None
     session.flush()
 
-    for r, person, changes in written:
-        if changes is None:
+    data: dict[str, Any]
+    for r, person, diff in written:
+        if diff is None:
             action = "person.created"
             data = {
                 "email": r.email,
@@ -502,7 +503,7 @@ def apply_people(
                 "hr_partner_email": r.hr_partner_email,
             }
         else:
-            action, data = "person.updated", {"email": r.email, "changed": changes}
+            action, data = "person.updated", {"email": r.email, "changed": diff}
         audit.record(
             session,
             organization_id,

@@ -35,7 +35,7 @@ class Runtime:
     inbox: InboxReader
     cadences: dict[str, Cadence]
     # How a newly created task reaches a worker; the broker module sets the real one.
-    enqueue: Callable[[int], None] = field(default=lambda task_id: None)
+    enqueue: Callable[[int], object] = field(default=lambda task_id: None)
 
     def now(self):  # type: ignore[no-untyped-def]
         return self.clock.now()

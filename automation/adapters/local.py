@@ -136,9 +136,9 @@ class LocalCalendar:
                 if "rrule" not in comp:
                     starts = [first]
                 else:
-                    rule = rrulestr(
-                        comp["rrule"].to_ical().decode(), dtstart=first.replace(tzinfo=None)
-                    )
+                    ical = comp["rrule"].to_ical()
+                    text = ical.decode() if isinstance(ical, bytes) else str(ical)
+                    rule = rrulestr(text, dtstart=first.replace(tzinfo=None))
                     tz = first.tzinfo
                     starts = [
                         localize(s, tz)

@@ -280,6 +280,7 @@ def parse_cadence(data: dict[str, Any], file: str, templates: Iterable[str] = ()
     exclude = r.get(applies, "exclude", list, default=[], expected="a list of emails")
     if r.problems:
         raise ConfigError(r.problems)
+    assert start is not None and end is not None  # a missing one was a problem above
     return Cadence(
         name=name,
         frequency=frequency.strip().lower(),

@@ -13,7 +13,7 @@ def run() -> None:
     if connection is None:  # `alembic` CLI: build an engine from the configured URL
         from automation.db import make_engine
 
-        with make_engine(config.get_main_option("sqlalchemy.url")).connect() as conn:
+        with make_engine(config.get_main_option("sqlalchemy.url") or "").connect() as conn:
             _run_on(conn)
             conn.commit()
     else:
