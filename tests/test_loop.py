@@ -383,3 +383,37 @@ def test_a_person_who_leaves_has_their_series_cancelled(rt, org, clock, tmp_path
     cal = icalendar.Calendar.from_ical((rt.settings.calendars / "kai@acme.test.ics").read_bytes())
     (event,) = cal.walk("VEVENT")
     assert str(event["status"]) == "CANCELLED" and int(event["sequence"]) == 1
+
+
+def test_a_reply_piped_by_the_mta_is_recorded(rt, org, clock, settings):
+    """`automation ingest-mail` in its own process, on the same database, as Postfix runs it."""
+    import os
+    import subprocess
+    import sys
+
+    first = occurrences(rt, "ana@acme.test")[0]
+    advance_until(rt, clock, first.end_at + dt.timedelta(hours=2))
+    (prompt,) = [m for m in outbox(rt, "followup") if m.occurrence_id == first.id]
+    raw = reply_to(rt, prompt, "Bea Boss <boss@acme.test>", "1. Piped in.\nRating: 5\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOMATION_")}
+    env.update(
+        {
+            "AUTOMATION_DATABASE_URL": settings.database_url,
+            "AUTOMATION_DATA_DIR": str(settings.data_dir),
+            "AUTOMATION_ORGANIZATION": settings.organization,
+            "AUTOMATION_SECRET_KEY": settings.secret_key,
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "automation.cli", "ingest-mail"],
+        input=raw,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"recorded v1" in result.stdout
+    with rt.factory() as session:
+        (record,) = session.scalars(select(ConversationRecord))
+        source = session.get(InboundMessage, record.source_message_id)
+    assert record.rating == 5 and source.source == "pipe" and source.raw == raw
