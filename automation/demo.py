@@ -27,6 +27,7 @@ from automation import audit
 from automation.clock import SimulatedClock
 from automation.config import load_pip_plans
 from automation.db import transaction
+from automation.domain.cadence import zone
 from automation.emails import environment
 from automation.models import (
     CheckinSeries,
@@ -506,9 +507,11 @@ def write_report(rt: Runtime, org_id: int, summary: DemoSummary, out: Path) -> N
                         .order_by(Escalation.step)
                     )
                 )
+                local = occ.start_at.astimezone(zone(s.timezone))
                 items.append(
                     {
                         "occ": occ,
+                        "local": f"{local:%a %d %b %H:%M}",
                         "records": records,
                         "steps": [(e, people[e.recipient_id]) for e in steps],
                     }
