@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from automation.domain.replies import (
+from automation.replies import (
     ActionItem,
     Command,
     ParsedEmail,

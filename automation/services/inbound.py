@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from automation import audit
 from automation.db import transaction
 from automation.domain.commands import parse_when
-from automation.domain.replies import Extraction, ParsedEmail, decode_message, extract
 from automation.domain.tokens import ForgedToken, ReplyToken, find_token
 from automation.models import (
     ActionItem,
@@ -36,6 +35,7 @@ from automation.models import (
     Task,
     TaskState,
 )
+from automation.replies import Extraction, ParsedEmail, decode_message, extract
 from automation.runtime import Runtime
 from automation.services.escalation import PIP_QUESTIONS, load_subject
 from automation.services.messages import (
