@@ -1,9 +1,10 @@
 """End to end through a real broker (Redis, RabbitMQ) and a real `automation worker` process.
 
-The test process plays the tick: it plans check-ins in the recent past on PostgreSQL, then
-enqueues due task ids on the broker. A separate worker process (dramatiq's own process
-manager, started by `automation worker`) claims them, writes calendars, sends mail and turns
-a reply into a record. Nothing is shared between the two but the database and the broker.
+The test plans check-ins in the recent past on PostgreSQL. Then `automation run --once`
+processes play the tick (they enqueue due task ids on the broker) and a separate
+`automation worker` process (dramatiq's own process manager) claims them, writes calendars,
+sends mail and turns a reply into a record. The processes share nothing but the database and
+the broker.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from automation.db import transaction
 from automation.models import ConversationRecord, OutboundMessage, Task, TaskState
 from automation.people import import_people_file
 from automation.runtime import build_runtime
-from automation.services.loop import bootstrap, tick
+from automation.services.loop import bootstrap
 from automation.services.planning import plan
 from automation.settings import PROJECT_ROOT, Settings
 from tests.conftest import RABBITMQ_URL, REDIS_URL, postgres_schema_url, require_service
@@ -82,9 +83,7 @@ def test_loop_through_a_real_broker_and_worker_process(
 ):
     parsed = urlparse(broker_url)
     require_service(parsed.scheme, parsed.hostname or "localhost", parsed.port or 0)
-    import dramatiq
-
-    broker = broker_for(broker_url)
+    broker_for(broker_url)  # a clean queue
     settings = Settings(
         data_dir=tmp_path,
         database_url=pg_url,
@@ -103,11 +102,6 @@ def test_loop_through_a_real_broker_and_worker_process(
         import_people_file(session, org, people, rt.now())
         plan(rt, session, org)
     rt.clock = SystemClock()
-    rt.enqueue = lambda task_id: broker.enqueue(
-        dramatiq.Message(
-            queue_name="automation", actor_name="run_task", args=(task_id,), kwargs={}, options={}
-        )
-    )
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOMATION_")}
     env.update(
@@ -127,10 +121,24 @@ def test_loop_through_a_real_broker_and_worker_process(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+    def tick() -> bool:
+        """One tick of the service as its own process: it enqueues what is due on the broker."""
+        result = subprocess.run(
+            [sys.executable, "-m", "automation.cli", "run", "--once"],
+            env=env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        assert b"in-process worker" not in result.stderr  # the real broker, not the stub
+        return False
+
     try:
 
         def pending_due() -> int:
-            tick(rt)
+            tick()
             with rt.factory() as session:
                 return session.scalar(
                     select(func.count())
@@ -165,10 +173,8 @@ def test_loop_through_a_real_broker_and_worker_process(
         reply["Message-ID"] = "<e2e-reply@client.test>"
         reply.set_content("1. Went well.\nRating: 4\nAction: Dev to share the notes by Friday\n")
         rt.inbox.deliver(reply.as_bytes(), "e2e-reply")
-        wait_for(lambda: tick(rt) and False or _records(rt) == 1, what="the reply's record")
-        wait_for(
-            lambda: tick(rt) and False or _sent(rt, "confirmation") == 1, what="the confirmation"
-        )
+        wait_for(lambda: tick() or _records(rt) == 1, what="the reply's record")
+        wait_for(lambda: tick() or _sent(rt, "confirmation") == 1, what="the confirmation")
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         output = worker.communicate(timeout=30)[0].decode(errors="replace")
