@@ -55,5 +55,5 @@ def parse_reply(
 ) -> ReplyParse:
     """Decode and extract; never raises. ``sent_at`` defaults to the message's Date header."""
     parsed = decode_message(raw)
-    extraction = extract(parsed.text, questions, sent_at or parsed.date)
+    extraction = extract(parsed.text, questions, sent_at or parsed.date, parsed.from_name)
     return ReplyParse(parsed, extraction, extraction.body, parsed.auto_reply, parsed.bounce)

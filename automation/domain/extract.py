@@ -1,6 +1,8 @@
 """Extraction: answers to the prompt's questions, a rating, action items and #commands.
 
 Whatever fits no field goes to ``notes``, so nothing the person wrote is silently dropped.
+Only what is not their message goes: the quoted history and the closing (signature,
+sign-off with its name/contact block, legal disclaimer), see :mod:`automation.domain.quotes`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from automation.domain.quotes import (
+    _closing_start,
     _first_marker,
     _is_quoted,
     _is_signature,
+    _is_signoff,
+    _sender_names,
     _split_lines,
     _strip_blank,
     trim_reply,
@@ -62,14 +67,31 @@ _OWNER = re.compile(
     r"^(?P<who>I|me|[\w.+-]+@[\w-]+(?:\.[\w-]+)+|[A-Z][\w'.-]*(?:\s+[A-Z][\w'.-]*){0,2})"
     r"\s+(?:will\s|to\s+(?=[a-z]))"
 )
-_OUT_OF_5 = r"\s*(?:/\s*5|out of 5)"
+# "Actions:" (and the same heading in our languages) over a bulleted or numbered list.
+_ACTION_HEADING = re.compile(
+    r"^(?:action items?|actions?|next steps|to-?dos?|follow-?ups?|aktionen|maßnahmen|"
+    r"massnahmen|nächste schritte|aufgaben|prochaines étapes|acciones|próximos pasos|tareas|"
+    r"acties|actiepunten|vervolgstappen|ações|acções|próximos passos|azioni|prossimi passi|"
+    r"åtgärder|nästa steg|att göra|działania|zadania|następne kroki|действия|задачи|"
+    r"следующие шаги|アクション(?:アイテム)?|対応事項|todo|行动项|待办事项|后续步骤)"
+    r"\s*[:：]?$",
+    re.IGNORECASE,
+)
+_LIST_ITEM = re.compile(r"^(?:[-*•–]|\d{1,2}[.)])\s+(.+)$")
+_OUT_OF_5 = r"\s*(?:/\s*5|out of 5|von 5|sur 5|de 5|van 5|di 5|av 5|na 5|из 5)"
+# "Rating: 4" in our languages; as a whole line only ("Note : 4" is French, "Note: 4 people"
+# is not), a mention inside a sentence counts in English or as "4/5" only.
+_RATING_WORDS = (
+    r"rating|score|rated?|bewertung|note|évaluation|puntuación|calificación|nota|"
+    r"beoordeling|cijfer|voto|valutazione|betyg|ocena|оценка|評価|评分|評分"
+)
 _BARE_RATING = re.compile(
-    rf"^(?:(?:overall\s+)?(?:rating|score|rated?)\s*[:=-]?\s*(\d+)(?:{_OUT_OF_5})?"
+    rf"^(?:(?:overall\s+)?(?:{_RATING_WORDS})\s*[:：=-]?\s*(\d+)(?:{_OUT_OF_5})?"
     rf"|(\d+){_OUT_OF_5})\s*[.!]?$",
     re.IGNORECASE,
 )
 _RATING = re.compile(
-    r"\b(?:rating|score|rated)\s*[:=-]?\s*(\d+)\b|(?<![\d/])(\d+)\s*(?:/\s*5|out of 5)(?![\d/])",
+    rf"\b(?:rating|score|rated)\s*[:=-]?\s*(\d+)\b|(?<![\d/])(\d+)(?:{_OUT_OF_5})(?![\d/])",
     re.IGNORECASE,
 )
 _RATING_QUESTION = re.compile(r"\brat(?:e|ed|ing)\b|\b1\s*[-–]\s*5\b", re.IGNORECASE)
@@ -96,22 +118,43 @@ class _Draft:
     actions: list[ActionItem] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
     ratings: list[int] = field(default_factory=list)
+    section: str | None = None  # under an "Actions:" heading: "open", then "items"
+
+    def blank(self) -> None:
+        """A blank line ends the list under an "Actions:" heading (once it has items)."""
+        if self.section == "items":
+            self.section = None
 
 
-def extract(text: str, questions: Sequence[str], sent_at: datetime | None = None) -> Extraction:
+def extract(
+    text: str,
+    questions: Sequence[str],
+    sent_at: datetime | None = None,
+    sender: str | None = None,
+) -> Extraction:
     """What the person said, from the full decoded body of their reply.
 
-    Inline style (non-quoted text under quoted questions "> 1. ...") is tried first; otherwise
-    the reply is top-posted: :func:`trim_reply`, then "1. ", "1) ", "Q1: ", "1: " start an
+    Inline style is tried first: non-quoted text under quoted questions ("> 1. ..."), or
+    answers typed into the unquoted history under an Outlook header block. Otherwise the
+    reply is top-posted: :func:`trim_reply`, then "1. ", "1) ", "Q1: ", "1: " start an
     answer that continues on the following lines up to a blank line or the next number (a
     later paragraph goes to notes). Every line is, in this order of precedence, a command, an
     action item, a bare rating ("Rating: 4", "4/5"), part of an answer, or a note.
+
+    ``sent_at`` (aware, in the sender's zone: the Date header keeps its offset) resolves
+    relative due dates; ``sender`` (the From display name) lets a closing that is just the
+    person's name go with the signature.
     """
     draft = _Draft()
-    slots = _inline_slots(_split_lines(text), questions)
+    lines = _split_lines(text)
+    names = _sender_names(sender)
+    slots = _inline_slots(lines, questions, names)
+    if slots is None:
+        slots = _history_slots(lines, questions, sender)
     if slots is not None:
         for line, slot in slots:
             if not line.strip():
+                draft.blank()
                 if slot is not None and slot in draft.answers:
                     draft.answers[slot].append("")
             elif not _take(line, draft, sent_at):
@@ -119,7 +162,7 @@ def extract(text: str, questions: Sequence[str], sent_at: datetime | None = None
                 target.append(line.strip())
         body = _join([line for line, _ in slots])
     else:
-        body = trim_reply(text)
+        body = trim_reply(text, sender)
         current, gap = None, False
         for line in body.split("\n"):
             stripped = line.strip()
@@ -127,6 +170,7 @@ def extract(text: str, questions: Sequence[str], sent_at: datetime | None = None
             number = int(numbered[1] or numbered[2]) if numbered else 0
             if not stripped:
                 gap = True
+                draft.blank()
             elif _take(stripped, draft, sent_at):
                 current = None
             elif numbered and 1 <= number <= len(questions):
@@ -155,7 +199,7 @@ def extract(text: str, questions: Sequence[str], sent_at: datetime | None = None
 
 
 def _inline_slots(
-    lines: list[str], questions: Sequence[str]
+    lines: list[str], questions: Sequence[str], names: frozenset[str] = frozenset()
 ) -> list[tuple[str, int | None]] | None:
     """The person's own lines, each with the question it answers (None: not an answer), or
     None if this is not an inline reply. Quoted lines right under a quoted question continue
@@ -188,10 +232,74 @@ def _inline_slots(
         elif i not in skip and not in_signature:
             answered = answered or bool(line.strip())
             own.append((line, slot))
-    return own
+    return _without_closing(own, names)
 
 
-def _question_number(content: str, questions: Sequence[str]) -> int | None:
+def _without_closing(
+    own: list[tuple[str, int | None]], names: frozenset[str]
+) -> list[tuple[str, int | None]]:
+    """The person's lines without the sign-off, contact block or disclaimer that ends them."""
+    text = [line for line, _ in own]
+    cut = _closing_start(text, 0, len(text), names)
+    if cut == len(text) or not any(line.strip() for line in text[:cut]):
+        return own
+    if own[cut][1] is not None and not _is_signoff(text[cut].strip().lower()):
+        return own  # a name alone under a question is the answer ("Who follows up?" "Bea")
+    return own[:cut]
+
+
+def _history_slots(
+    lines: list[str], questions: Sequence[str], sender: str | None
+) -> list[tuple[str, int | None]] | None:
+    """Answers typed into unquoted history (Outlook: the original under a header block, the
+    person's answers in colour under each question), or None. The person's lines are what is
+    above the header, then under each question the lines up to the next question (after the
+    last one, up to the first blank line). A question wrapped over lines stays a question."""
+    if not questions:
+        return None
+    marker = _first_marker(lines)
+    if marker is None or marker.kind == "signature":
+        return None
+    asked: list[tuple[int, int, int]] = []  # (first line, line after the question, number)
+    i = marker.end
+    while i < len(lines):
+        line = lines[i].strip()
+        n = _question_number(line, questions, by_number=False) if line else None
+        if n is None:
+            i += 1
+            continue
+        numbered = _NUMBERED.match(line)
+        j, said = i + 1, _normal(numbered[3] if numbered else line)
+        asked_text = _normal(questions[n - 1])
+        while j < len(lines) and lines[j].strip() and len(said) < len(asked_text):
+            longer = f"{said} {_normal(lines[j])}".strip()
+            if not asked_text.startswith(longer):
+                break
+            said, j = longer, j + 1
+        asked.append((i, j, n))
+        i = j
+    answers: list[tuple[str, int | None]] = []
+    for k, (_, after, n) in enumerate(asked):
+        if k + 1 < len(asked):
+            block = _strip_blank(lines[after : asked[k + 1][0]])
+        else:  # after the last question only what is right under it: then comes the footer
+            end = after
+            while end < len(lines) and lines[end].strip():
+                end += 1
+            block = lines[after:end]
+        if any(_is_quoted(line) or _is_signature(line) for line in block):
+            return None  # a quoted or signed original: not answers typed into it
+        answers += [(line, n) for line in block]
+    # Someone answered between the questions: a pristine original has them one under the
+    # other, and what follows the last one may be the prompt's own footer.
+    last = asked[-1][2] if asked else None
+    if not any(line.strip() and n != last for line, n in answers):
+        return None
+    top = trim_reply("\n".join(lines[: marker.start]), sender)
+    return [(line, None) for line in top.split("\n")] + answers
+
+
+def _question_number(content: str, questions: Sequence[str], by_number: bool = True) -> int | None:
     """The question a quoted line asks: by its text first, then by its number."""
     numbered = _NUMBERED.match(content.strip())
     said = _normal(numbered[3] if numbered else content)
@@ -203,7 +311,7 @@ def _question_number(content: str, questions: Sequence[str]) -> int | None:
             and (said.startswith(asked) or (len(said) >= 12 and asked.startswith(said)))
         ):
             return n
-    number = int(numbered[1] or numbered[2]) if numbered else 0
+    number = int(numbered[1] or numbered[2]) if numbered and by_number else 0
     return number if 1 <= number <= len(questions) else None
 
 
@@ -235,6 +343,16 @@ def _take(line: str, draft: _Draft, sent_at: datetime | None) -> bool:
     if m := _COMMAND.match(stripped):
         draft.commands.append(Command(m[1].lower(), m[2].strip()))
         return True
+    if _ACTION_HEADING.match(stripped):
+        draft.section = "open"
+        return True
+    if draft.section is not None:
+        if listed := _LIST_ITEM.match(stripped):
+            text = listed[1].strip()
+            draft.actions.append(_action_item(text, sent_at) or _item(text, None, sent_at))
+            draft.section = "items"
+            return True
+        draft.section = None
     if item := _action_item(stripped, sent_at):
         draft.actions.append(item)
         return True
@@ -257,7 +375,11 @@ def _action_item(line: str, sent_at: datetime | None) -> ActionItem | None:
     if m is None:
         return None
     text = (m["text"] or m["box"]).strip()
-    owner = m["owner"].strip() if m["owner"] else None
+    return _item(text, m["owner"].strip() if m["owner"] else None, sent_at)
+
+
+def _item(text: str, owner: str | None, sent_at: datetime | None) -> ActionItem:
+    """An action item; the owner as written in "(owner):", else "Name to …", "I will …"."""
     if owner is None and (who := _OWNER.match(text)):
         owner = who["who"]
     if owner is not None:
@@ -268,10 +390,20 @@ def _action_item(line: str, sent_at: datetime | None) -> ActionItem | None:
 
 
 def _due(text: str, sent_at: datetime | None) -> date | None:
-    """The date in "by <when>": an ISO date; with ``sent_at``, also "tomorrow", "today", a
-    weekday (the next one strictly after the sending day) or "14 March"/"March 14" (the next
-    such day on or after the sending day)."""
-    for m in re.finditer(r"\bby\s+(?:(?:next|this)\s+)?", text, re.IGNORECASE):
+    """The date in "by <when>" (or "due <when>", "before <when>"): an ISO date; with
+    ``sent_at``, also relative dates, on the calendar of the sender's zone (the aware
+    ``sent_at`` keeps the Date header's offset, so its ``date()`` is the sender's day):
+
+    * "today", "tonight", "EOD", "end of day"; "tomorrow";
+    * a weekday, "next Friday", "this Friday": the next such day strictly after the sending
+      day ("by Friday" sent on a Friday is a week later);
+    * "next week": the Monday after the sending week; "end of (the) week", "EOW": that
+      week's Friday (the next one, sent at a weekend); "end of next week": the Friday after;
+    * "end of (the) month", "EOM", "month end": the month's last day; "next month": the 1st
+      of the next month; "end of next month": its last day;
+    * "14 March", "March 14th": the next such day on or after the sending day.
+    """
+    for m in _BY.finditer(text):
         rest = text[m.end() :].lower()
         if iso := re.match(r"(\d{4})-(\d{2})-(\d{2})\b", rest):
             try:
@@ -280,25 +412,62 @@ def _due(text: str, sent_at: datetime | None) -> date | None:
                 continue
         if sent_at is None:
             continue
-        sent = sent_at.date()
-        word = re.match(r"[a-z]+", rest)
-        if word and word[0] in ("today", "eod"):
-            return sent
-        if word and word[0] == "tomorrow":
-            return sent + timedelta(days=1)
-        if word and word[0] in _WEEKDAYS:
-            return sent + timedelta(days=(_WEEKDAYS[word[0]] - sent.weekday() - 1) % 7 + 1)
-        day_month = re.match(r"(\d{1,2})(?:st|nd|rd|th)?\s+([a-z]+)\b", rest)
-        month_day = re.match(r"([a-z]+)\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b", rest)
-        if day_month and day_month[2] in _MONTHS:
-            month, day = _MONTHS[day_month[2]], int(day_month[1])
-        elif month_day and month_day[1] in _MONTHS:
-            month, day = _MONTHS[month_day[1]], int(month_day[2])
-        else:
-            continue
-        try:
-            due = date(sent.year, month, day)
-            return due if due >= sent else date(sent.year + 1, month, day)
-        except ValueError:
-            continue
+        if (due := _relative_due(rest, sent_at.date())) is not None:
+            return due
     return None
+
+
+_BY = re.compile(r"\b(?:by|due(?:\s+(?:by|on))?|before|no later than)\s+(?:the\s+)?", re.I)
+_PERIOD_END = re.compile(r"(?:the\s+)?end\s+of\s+(?:the\s+)?(this\s+|next\s+)?(day|week|month)\b")
+
+
+def _relative_due(rest: str, sent: date) -> date | None:
+    """``rest`` (lower-cased, just after "by") as a date relative to the sending day."""
+    if end := _PERIOD_END.match(rest):
+        return _period_end(end[2], sent, bool(end[1] and end[1].startswith("next")))
+    word = re.match(r"[a-z]+", rest)
+    first = word[0] if word else ""
+    if first in ("today", "tonight", "eod"):
+        return sent
+    if first == "eow":
+        return _period_end("week", sent, False)
+    if first == "eom" or rest.startswith("month end"):
+        return _period_end("month", sent, False)
+    if first == "tomorrow":
+        return sent + timedelta(days=1)
+    if first in ("next", "this"):
+        rest = rest[len(first) :].lstrip()
+        if rest.startswith("week") and first == "next":
+            return sent + timedelta(days=7 - sent.weekday())
+        if rest.startswith("month") and first == "next":
+            return date(sent.year + sent.month // 12, sent.month % 12 + 1, 1)
+        word = re.match(r"[a-z]+", rest)
+        first = word[0] if word else ""
+    if first in _WEEKDAYS:
+        return sent + timedelta(days=(_WEEKDAYS[first] - sent.weekday() - 1) % 7 + 1)
+    day_month = re.match(r"(\d{1,2})(?:st|nd|rd|th)?\.?\s+(?:of\s+)?([a-z]+)\b", rest)
+    month_day = re.match(r"([a-z]+)\.?\s+(\d{1,2})(?:st|nd|rd|th)?\b", rest)
+    if day_month and day_month[2] in _MONTHS:
+        month, day = _MONTHS[day_month[2]], int(day_month[1])
+    elif month_day and month_day[1] in _MONTHS:
+        month, day = _MONTHS[month_day[1]], int(month_day[2])
+    else:
+        return None
+    try:
+        due = date(sent.year, month, day)
+        return due if due >= sent else date(sent.year + 1, month, day)
+    except ValueError:
+        return None
+
+
+def _period_end(period: str, sent: date, following: bool) -> date:
+    """The last day of the sending day's (or the following) day, working week or month."""
+    if period == "day":
+        return sent + timedelta(days=1) if following else sent
+    if period == "week":
+        friday = sent + timedelta(days=(4 - sent.weekday()) % 7)
+        return friday + timedelta(days=7) if following else friday
+    year, month = sent.year, sent.month + following
+    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+    following_first = date(year + month // 12, month % 12 + 1, 1)
+    return following_first - timedelta(days=1)

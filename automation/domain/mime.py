@@ -287,11 +287,24 @@ def _defect(item: object) -> str:
 
 
 class _HtmlToText(HTMLParser):
-    """Just enough HTML layout for reply parsing: paragraphs, breaks, lists, quotes."""
+    """Just enough HTML layout for reply parsing: paragraphs, breaks, lists, quotes.
+
+    Mail clients mark the quoted original in their own ways; each comes out as text the
+    trimmer recognises. ``<blockquote>`` (Gmail ``gmail_quote``, Apple Mail and Thunderbird
+    ``type=cite``, Proton) gives "> " lines, and so does Yahoo's ``yahoo_quoted`` container,
+    which holds the original without a blockquote. Gmail's ``gmail_quote`` *div* is not
+    quoted as a whole: inline answers sit in it, between the blockquotes. Outlook (desktop:
+    the ``border-top`` div around the header block; on the web: ``#divRplyFwdMsg``) leaves
+    the original unquoted after a "From:/Sent:/To:" block; a separator line goes before that
+    block, as Outlook's own plain-text part has, and the original stays unquoted so answers
+    typed into it can still be found. Word's ``MsoNormal`` paragraphs are lines (they have
+    no margins); an empty one is a blank line.
+    """
 
     _SKIP = {"script", "style", "head", "title", "template"}
     _PARAGRAPH = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "table"}
     _LINE = {"div", "tr", "section", "article", "header", "footer", "dt", "dd", "center", "hr"}
+    _OUTLOOK_SEPARATOR = "_" * 32
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -300,6 +313,10 @@ class _HtmlToText(HTMLParser):
         self.bullet = ""
         self.quote = self.skip = self.pre = 0
         self.lists: list[list[int]] = []  # per open list: [ordered, counter]
+        self.divs: list[bool] = []  # per open div: does it add a quote level?
+        self.word_line = False  # inside a Word "MsoNormal"/"MsoListParagraph" paragraph
+        self.spans: list[bool] = []  # per open span: is it Word's list-marker span?
+        self.marker = ""  # the text of Word's list marker ("·", "1.") being read
 
     def _prefix(self) -> str:
         return "> " * self.quote
@@ -332,16 +349,32 @@ class _HtmlToText(HTMLParser):
             self.quote += 1
         elif tag in ("ul", "ol"):
             self._blank() if not self.lists else self._flush()
-            self.lists.append([tag == "ol", 0])
+            self.lists.append([tag == "ol", _start(attrs) - 1 if tag == "ol" else 0])
         elif tag == "li":
             self._flush()
             if self.lists:
                 self.lists[-1][1] += 1
             ordered, n = self.lists[-1] if self.lists else (False, 0)
             self.bullet = f"{n}. " if ordered else "- "
+        elif tag == "p" and _attr(attrs, "class").lower().startswith("mso"):
+            self._flush()
+            self.word_line = True
+        elif tag == "span":
+            style = _attr(attrs, "style").replace(" ", "").lower()
+            self.spans.append("mso-list:ignore" in style)
         elif tag in self._PARAGRAPH:
             self._blank()
             self.pre += tag == "pre"
+        elif tag == "div":
+            self._flush()
+            quoted = "yahoo_quoted" in _attr(attrs, "class")
+            if _attr(attrs, "id") == "divRplyFwdMsg" or _outlook_header_div(attrs):
+                self._blank()
+                self.out.append(self._prefix() + self._OUTLOOK_SEPARATOR)
+            elif quoted:
+                self._blank()
+                self.quote += 1
+            self.divs.append(quoted)
         elif tag in self._LINE:
             self._flush()
 
@@ -357,14 +390,35 @@ class _HtmlToText(HTMLParser):
             self.lists = self.lists[:-1]
             if not self.lists:
                 self._blank()
+        elif tag == "span":
+            if self.spans and self.spans.pop() and not any(self.spans):
+                marker, self.marker = self.marker.strip(), ""
+                if marker in _WORD_BULLETS:
+                    self.bullet = "- "  # Word's symbol-font bullet
+                elif marker:
+                    self.line += marker + " "  # "1." of a numbered list stays as typed
+        elif tag == "p" and self.word_line:
+            self.word_line = False
+            if not self.line.strip() and not self.bullet:
+                self._blank()  # Word's empty paragraph: the blank line the person typed
+            else:
+                self._flush()
         elif tag in self._PARAGRAPH:
             self.pre = max(self.pre - (tag == "pre"), 0)
             self._blank()
+        elif tag == "div":
+            self._flush()
+            if self.divs and self.divs.pop():
+                self.quote = max(self.quote - 1, 0)
+                self._blank()
         elif tag in self._LINE or tag == "li":
             self._flush()
 
     def handle_data(self, data: str) -> None:
         if self.skip:
+            return
+        if any(self.spans):
+            self.marker += data
             return
         if self.pre:
             *complete, self.line = (self.line + data).split("\n")
@@ -374,6 +428,27 @@ class _HtmlToText(HTMLParser):
             return
         data = re.sub(r"\s+", " ", data)
         self.line += data.lstrip() if not self.line else data
+
+
+_WORD_BULLETS = {"·", "•", "o", "§", "▪", "-", "–", "Ø", "ü", "*"}
+
+
+def _attr(attrs: list[tuple[str, str | None]], name: str) -> str:
+    return next((value or "" for key, value in attrs if key == name), "")
+
+
+def _start(attrs: list[tuple[str, str | None]]) -> int:
+    """An ordered list's first number (``<ol start=2>``, as Gmail splits inline replies)."""
+    try:
+        return int(_attr(attrs, "start") or 1)
+    except ValueError:
+        return 1
+
+
+def _outlook_header_div(attrs: list[tuple[str, str | None]]) -> bool:
+    """Outlook desktop's box around the header block of the original: a top border only."""
+    style = _attr(attrs, "style").replace(" ", "").lower()
+    return "border-top:solid" in style and "border:none" in style
 
 
 def _html_to_text(html: str) -> str:
