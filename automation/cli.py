@@ -6,15 +6,17 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from automation.errors import AutomationError, ConfigError, ImportRejected
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 75, 78
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 66, 75, 78
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -156,6 +158,274 @@ def cmd_ingest_mail(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _read_input(path: str) -> bytes:
+    return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+
+
+_NUMBER_PREFIX = re.compile(r"^\s*\d{1,2}\s*[.)]\s+")
+
+
+def _questions(args: argparse.Namespace) -> list[str]:
+    """--questions FILE (one a line; "1." prefixes and "#" comments ignored), else the first
+    cadence's follow-up questions."""
+    if args.questions:
+        lines = Path(args.questions).read_text(encoding="utf-8").splitlines()
+        return [
+            _NUMBER_PREFIX.sub("", line).strip()
+            for line in lines
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    from automation.config import load_cadences
+
+    cadences = load_cadences(_settings(args))
+    return list(cadences[0].questions) if cadences else []
+
+
+def parse_reply_json(raw: bytes, questions: list[str]) -> dict[str, Any]:
+    """What `automation parse-reply --json` prints: everything that would be recorded."""
+    from automation.replies import parse_reply
+    from automation.services.inbound import delivery_report
+
+    result = parse_reply(raw, questions)
+    parsed, extraction = result.email, result.extraction
+    failing = [list(f.addresses) for f in delivery_report(raw).failures] if result.bounce else []
+    return {
+        "from": parsed.from_address,
+        "to": list(parsed.to),
+        "subject": parsed.subject,
+        "message_id": parsed.message_id,
+        "in_reply_to": list(parsed.in_reply_to),
+        "date": parsed.date.isoformat() if parsed.date else None,
+        "auto_reply": result.auto_reply,
+        "bounce": result.bounce,
+        "failing_recipients": [a[0] for a in failing],
+        "would_record": not (result.auto_reply or result.bounce),
+        "questions": questions,
+        "reply_text": result.reply_text,
+        "answers": {str(n): text for n, text in sorted(extraction.answers.items())},
+        "rating": extraction.rating,
+        "action_items": [
+            {"text": a.text, "owner": a.owner, "due": a.due.isoformat() if a.due else None}
+            for a in extraction.action_items
+        ],
+        "commands": [{"name": c.name, "argument": c.argument} for c in extraction.commands],
+        "notes": extraction.notes,
+        "defects": list(parsed.defects),
+    }
+
+
+def cmd_parse_reply(args: argparse.Namespace) -> int:
+    """Show what a raw message would become; touches no database."""
+    try:
+        raw = _read_input(args.file)
+    except OSError as exc:
+        print(f"automation parse-reply: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    try:
+        questions = _questions(args)
+    except OSError as exc:
+        print(f"automation parse-reply: cannot read {args.questions}: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    out = parse_reply_json(raw, questions)
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return EX_OK
+    if out["bounce"]:
+        kind = "bounce: never recorded" + (
+            f"; failing: {', '.join(out['failing_recipients'])}"
+            if out["failing_recipients"]
+            else ""
+        )
+    elif out["auto_reply"]:
+        kind = "automatic reply: never recorded"
+    else:
+        kind = "a person's reply: would be recorded if its token and sender check out"
+    lines = [
+        f"From:         {out['from'] or '(none)'}",
+        f"To:           {', '.join(out['to']) or '(none)'}",
+        f"Subject:      {out['subject']}",
+        f"Date:         {out['date'] or '(none)'}",
+        f"Message-ID:   {out['message_id'] or '(none)'}",
+        f"Kind:         {kind}",
+        "",
+        "Reply text:",
+        *(f"  | {line}".rstrip() for line in (out["reply_text"] or "(empty)").splitlines()),
+        "",
+        "Answers:",
+    ]
+    for number, text in out["answers"].items():
+        n = int(number)
+        question = questions[n - 1] if 0 < n <= len(questions) else ""
+        lines.append(f"  {number}. {question}".rstrip())
+        lines += [f"     {line}" for line in (text or "(no answer)").splitlines()]
+    if not out["answers"]:
+        lines.append("  (none)")
+    lines.append(f"Rating:       {out['rating'] if out['rating'] is not None else '(none)'}")
+    lines.append("Action items:")
+    for item in out["action_items"]:
+        meta = ", ".join(
+            x for x in (item["owner"], f"by {item['due']}" if item["due"] else "") if x
+        )
+        lines.append(f"  - {item['text']}" + (f" ({meta})" if meta else ""))
+    if not out["action_items"]:
+        lines.append("  (none)")
+    commands = [f"#{c['name']} {c['argument']}".strip() for c in out["commands"]]
+    lines.append(f"Commands:     {', '.join(commands) or '(none)'}")
+    if out["notes"]:
+        lines += ["Notes:", *(f"  {line}" for line in out["notes"].splitlines())]
+    if out["defects"]:
+        lines.append(f"Defects:      {'; '.join(out['defects'])}")
+    print("\n".join(lines))
+    return EX_OK
+
+
+def _inbox_runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """A runtime on the configured database, without a broker: operator commands run here."""
+    from automation import services  # noqa: F401  (registers the task handlers)
+    from automation.db import migrate
+    from automation.runtime import build_runtime
+
+    rt = build_runtime(_settings(args))
+    migrate(rt.engine)
+    return rt
+
+
+def _org(rt) -> int:  # type: ignore[no-untyped-def]
+    from automation.services.inbound import organization_id
+
+    with rt.factory() as session:
+        return organization_id(session, rt.settings.organization)
+
+
+def _when(moment) -> str:  # type: ignore[no-untyped-def]
+    return f"{moment:%Y-%m-%d %H:%M:%SZ}" if moment else "-"
+
+
+def cmd_inbox_list(args: argparse.Namespace) -> int:
+    """Messages kept without a record, newest first, each with its reason."""
+    from sqlalchemy import select
+
+    from automation.models import NOT_RECORDED, InboundMessage
+
+    rt = _inbox_runtime(args)
+    try:
+        org = _org(rt)
+        states = [args.state] if args.state else list(NOT_RECORDED)
+        with rt.factory() as session:
+            rows = list(
+                session.scalars(
+                    select(InboundMessage)
+                    .where(InboundMessage.organization_id == org, InboundMessage.state.in_(states))
+                    .order_by(InboundMessage.received_at.desc(), InboundMessage.id.desc())
+                    .limit(args.limit)
+                )
+            )
+    finally:
+        rt.engine.dispose()
+    if not rows:
+        print("no messages kept without a record")
+        return EX_OK
+    width = max(len(str(m.id)) for m in rows)
+    sender = min(max(len(m.from_address or "-") for m in rows), 40)
+    print(f"{'id':>{width}}  {'received_at':<20}  {'from':<{sender}}  {'state':<11}  reason")
+    for m in rows:
+        print(
+            f"{m.id:>{width}}  {_when(m.received_at):<20}  {(m.from_address or '-'):<{sender}}  "
+            f"{m.state:<11}  {m.quarantine_reason or ''}"
+        )
+    return EX_OK
+
+
+def cmd_inbox_show(args: argparse.Namespace) -> int:
+    from automation.models import InboundMessage
+    from automation.replies import decode_message
+
+    rt = _inbox_runtime(args)
+    try:
+        org = _org(rt)
+        with rt.factory() as session:
+            message = session.get(InboundMessage, args.id)
+            if message is None or message.organization_id != org:
+                print(f"no inbound message {args.id} in this organization", file=sys.stderr)
+                return EX_DATAERR
+            session.expunge(message)
+    finally:
+        rt.engine.dispose()
+    if args.raw:
+        sys.stdout.buffer.write(message.raw)
+        sys.stdout.buffer.flush()
+        return EX_OK
+    parsed = decode_message(message.raw)
+    linked = (
+        f"occurrence {message.occurrence_id}"
+        if message.occurrence_id
+        else f"PIP review {message.pip_review_id}"
+        if message.pip_review_id
+        else "-"
+    )
+    automatic = "bounce" if parsed.bounce else "auto-reply" if parsed.auto_reply else "no"
+    lines = [
+        f"Inbound message {message.id}",
+        f"State:        {message.state}",
+        f"Reason:       {message.quarantine_reason or '-'}",
+        f"Received:     {_when(message.received_at)} (via {message.source})",
+        f"Processed:    {_when(message.processed_at)}",
+        f"SHA-256:      {message.sha256}",
+        f"Size:         {message.size} bytes",
+        f"Linked to:    {linked}",
+    ]
+    if message.released_at:
+        lines.append(
+            f"Released:     {_when(message.released_at)}"
+            + (f", attributed to {message.attributed_to}" if message.attributed_to else "")
+        )
+    lines += [
+        "",
+        f"From:         {parsed.from_name + ' ' if parsed.from_name else ''}"
+        f"<{parsed.from_address or '?'}>",
+        f"To:           {', '.join(parsed.to) or '-'}",
+        f"Subject:      {parsed.subject or '-'}",
+        f"Date:         {parsed.date.isoformat() if parsed.date else '-'}",
+        f"Message-ID:   {parsed.message_id or '-'}",
+        f"In-Reply-To:  {' '.join(parsed.in_reply_to) or '-'}",
+        f"Automatic:    {automatic}",
+    ]
+    if parsed.defects:
+        lines.append(f"Defects:      {'; '.join(parsed.defects)}")
+    lines += ["", "--- decoded text ---", parsed.text]
+    print("\n".join(lines))
+    return EX_OK
+
+
+def cmd_inbox_release(args: argparse.Namespace) -> int:
+    import getpass
+
+    from automation.services.inbound import ReleaseRefused, release
+    from automation.services.tasks import run_task
+
+    if args.as_address and not (args.reason or "").strip():
+        print("--as needs --reason: say why this message is attributed", file=sys.stderr)
+        return EX_USAGE
+    operator = args.by or getpass.getuser()
+    rt = _inbox_runtime(args)
+    try:
+        task_id = release(
+            rt,
+            args.id,
+            operator=f"operator:{operator}",
+            attribute_to=args.as_address,
+            reason=args.reason,
+        )
+        result = run_task(rt, task_id)
+    except ReleaseRefused as exc:
+        print(f"automation inbox quarantine release: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    finally:
+        rt.engine.dispose()
+    print(f"released inbound message {args.id}: {result}")
+    return EX_OK
+
+
 def cmd_people_import(args: argparse.Namespace) -> int:
     from automation.db import make_engine, migrate, session_factory, transaction
     from automation.people import ensure_organization, import_people_file
@@ -255,6 +525,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest-mail", help="store one message from stdin (an MTA pipe transport)")
     p.set_defaults(func=cmd_ingest_mail)
+
+    p = sub.add_parser(
+        "parse-reply", help="show what a raw message would be recorded as (no database)"
+    )
+    p.add_argument("file", help="an RFC 5322 message (.eml), or - for stdin")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--questions",
+        metavar="FILE",
+        help="the prompt's questions, one a line (default: the first cadence's)",
+    )
+    p.set_defaults(func=cmd_parse_reply)
+
+    inbox = sub.add_parser("inbox", help="inbound mail").add_subparsers(dest="sub", required=True)
+    quarantine = inbox.add_parser(
+        "quarantine",
+        help="messages kept without a record: quarantined, auto-replies, bounces, duplicates",
+    ).add_subparsers(dest="action", required=True)
+    p = quarantine.add_parser("list", help="newest first, with the reason for each")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument(
+        "--state", choices=["quarantined", "auto_reply", "bounced", "duplicate"], default=None
+    )
+    p.set_defaults(func=cmd_inbox_list)
+    p = quarantine.add_parser("show", help="one message: headers, reason, hash and text")
+    p.add_argument("id", type=int)
+    p.add_argument("--raw", action="store_true", help="write the stored raw bytes to stdout")
+    p.set_defaults(func=cmd_inbox_show)
+    p = quarantine.add_parser("release", help="process a quarantined message (or auto-reply) again")
+    p.add_argument("id", type=int)
+    p.add_argument(
+        "--as",
+        dest="as_address",
+        metavar="EMAIL",
+        help="attribute it to this person on record (e.g. sent from a private mailbox)",
+    )
+    p.add_argument("--reason", help="why (required with --as; kept in the audit log)")
+    p.add_argument("--by", help="who is releasing it (default: the login name)")
+    p.set_defaults(func=cmd_inbox_release)
 
     people = sub.add_parser("people", help="the organisation").add_subparsers(
         dest="sub", required=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,96 @@ def load_pip_plans(path: Path, templates: list[str] | None = None) -> list[PipPl
     return plans
 
 
+# --- delegates ----------------------------------------------------------------------------
+
+DELEGATES_FILE = "delegates.toml"
+_ADDRESS = re.compile(r"^[^@\s<>(),;:\"]+@[^@\s<>(),;:\"]+\.[^@\s<>(),;:\"]+$")
+_DELEGATE_EXAMPLE = '[[delegate]]\nfor = "manager@example.com"\ndelegate = "assistant@example.com"'
+
+Delegates = dict[str, frozenset[str]]  # manager's address -> addresses that may write for them
+
+
+def load_delegates(settings: Settings) -> Delegates:
+    """``config/delegates.toml``: who may document a manager's check-ins on their behalf.
+
+    A missing file means no delegates. Each ``[[delegate]]`` names the manager (``for``) and
+    the delegate's address; a manager may have several delegates. Addresses are compared in
+    lower case. Every problem in the file is reported at once.
+    """
+    path = settings.config_dir / DELEGATES_FILE
+    if not path.exists():
+        return {}
+    data = read_toml(path)
+    problems: list[ConfigProblem] = []
+    file = str(path)
+    for key in data:
+        if key != "delegate":
+            problems.append(
+                ConfigProblem(
+                    file, key, "unknown key", f"only [[delegate]] tables, e.g. {_DELEGATE_EXAMPLE}"
+                )
+            )
+    entries = data.get("delegate", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        problems.append(
+            ConfigProblem(
+                file,
+                "delegate",
+                "expected an array of tables ([[delegate]])",
+                f"write each as {_DELEGATE_EXAMPLE}",
+            )
+        )
+        raise ConfigError(problems)
+    out: dict[str, set[str]] = {}
+    for i, entry in enumerate(entries):
+        where = f"delegate[{i}]"
+        addresses: dict[str, str] = {}
+        for key in entry:
+            if key not in ("for", "delegate"):
+                problems.append(
+                    ConfigProblem(
+                        file, f"{where}.{key}", "unknown key", "each entry has `for` and `delegate`"
+                    )
+                )
+        for key, role in (("for", "the manager's"), ("delegate", "the delegate's")):
+            value = entry.get(key)
+            if value is None:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        f"{where}.{key}",
+                        "missing",
+                        f'add {key} = "…" with {role} email address',
+                    )
+                )
+            elif not isinstance(value, str) or not _ADDRESS.match(value.strip()):
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        f"{where}.{key}",
+                        f"expected an email address, got {value!r}",
+                        'a bare address, e.g. "assistant@example.com"',
+                    )
+                )
+            else:
+                addresses[key] = value.strip().lower()
+        if len(addresses) == 2:
+            if addresses["for"] == addresses["delegate"]:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        f"{where}.delegate",
+                        f"{addresses['for']} cannot be their own delegate",
+                        "name another person, or remove the entry",
+                    )
+                )
+                continue
+            out.setdefault(addresses["for"], set()).add(addresses["delegate"])
+    if problems:
+        raise ConfigError(problems)
+    return {manager: frozenset(found) for manager, found in out.items()}
+
+
 def check_all(config_file: Path | None = None) -> tuple[Settings | None, list[ConfigProblem]]:
     """Validate settings, every cadence and every template; never stops at the first problem."""
     problems: list[ConfigProblem] = []
@@ -157,6 +248,10 @@ def check_all(config_file: Path | None = None) -> tuple[Settings | None, list[Co
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems.extend(check_templates(settings.templates_dir))
+    try:
+        load_delegates(settings)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     try:
         load_pip_plans(
             settings.config_dir / "example" / "pips.toml", template_names(settings.templates_dir)

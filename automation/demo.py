@@ -30,11 +30,11 @@ from automation.db import transaction
 from automation.domain.cadence import zone
 from automation.emails import environment
 from automation.models import (
+    NOT_RECORDED,
     CheckinSeries,
     ConversationRecord,
     Escalation,
     InboundMessage,
-    InboundState,
     Occurrence,
     OutboundMessage,
     OutboundState,
@@ -72,7 +72,7 @@ class DemoSummary:
     records: int
     reminders: int
     escalations: int
-    quarantined: int
+    not_recorded: int
     audit_entries: int
     audit_chain_intact: bool
     weeks: int
@@ -437,12 +437,12 @@ def summarize(rt: Runtime, org_id: int, weeks: int, seed: int, out: Path) -> Dem
                 .select_from(Escalation)
                 .where(Escalation.organization_id == org_id, Escalation.action == "escalate")
             ),
-            quarantined=count(
+            not_recorded=count(
                 select(func.count())
                 .select_from(InboundMessage)
                 .where(
                     InboundMessage.organization_id == org_id,
-                    InboundMessage.state == InboundState.QUARANTINED,
+                    InboundMessage.state.in_(NOT_RECORDED),
                 )
             ),
             audit_entries=count(
@@ -526,10 +526,12 @@ def write_report(rt: Runtime, org_id: int, summary: DemoSummary, out: Path) -> N
             )
         quarantined = list(
             session.scalars(
-                select(InboundMessage).where(
+                select(InboundMessage)
+                .where(
                     InboundMessage.organization_id == org_id,
-                    InboundMessage.state == InboundState.QUARANTINED,
+                    InboundMessage.state.in_(NOT_RECORDED),
                 )
+                .order_by(InboundMessage.id)
             )
         )
     html = (
@@ -558,7 +560,7 @@ def format_summary(s: DemoSummary) -> str:
         f"  records documented     {s.records:>6}",
         f"  reminders to managers  {s.reminders:>6}",
         f"  escalations to HR      {s.escalations:>6}",
-        f"  quarantined messages   {s.quarantined:>6}   (stored, never recorded)",
+        f"  kept, not recorded     {s.not_recorded:>6}   (strangers, auto-replies, bounces)",
         f"  audit entries          {s.audit_entries:>6}   chain "
         f"{'intact' if s.audit_chain_intact else 'BROKEN'}",
         "",

@@ -102,7 +102,19 @@ class OutboundState(enum.StrEnum):
 class InboundState(enum.StrEnum):
     RECEIVED = "received"
     RECORDED = "recorded"
-    QUARANTINED = "quarantined"
+    QUARANTINED = "quarantined"  # kept, never recorded; an operator may release it
+    AUTO_REPLY = "auto_reply"  # a machine's answer (out of office, bulk): never a record
+    BOUNCED = "bounced"  # a delivery failure report: the recipient's address is flagged
+    DUPLICATE = "duplicate"  # the same Message-ID as an earlier message, other bytes
+
+
+# Every state in which a message was kept without becoming a record, with its reason.
+NOT_RECORDED = (
+    InboundState.QUARANTINED,
+    InboundState.AUTO_REPLY,
+    InboundState.BOUNCED,
+    InboundState.DUPLICATE,
+)
 
 
 class Organization(Base):
@@ -129,6 +141,10 @@ class Person(OrgScoped, Base):
     manager_id: Mapped[int | None]
     hr_partner_id: Mapped[int | None]
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Set when a delivery failure report names this address; a people import does not clear
+    # it (a later successful delivery is not observable yet): HR clears it once fixed.
+    mail_failing_since: Mapped[dt.datetime | None]
+    mail_failing_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
 
@@ -258,6 +274,7 @@ class InboundMessage(OrgScoped, Base):
     __table_args__ = (
         UniqueConstraint("organization_id", "id"),
         UniqueConstraint("organization_id", "sha256"),
+        Index("ix_inbound_messages_org_message_id", "organization_id", "message_id"),
         org_fk("occurrence_id", "occurrences"),
         org_fk("pip_review_id", "pip_reviews"),
     )
@@ -269,9 +286,13 @@ class InboundMessage(OrgScoped, Base):
     from_address: Mapped[str | None] = mapped_column(String(320))
     subject: Mapped[str | None] = mapped_column(Text)
     state: Mapped[str] = mapped_column(String(20), default=InboundState.RECEIVED)
+    # Why it was not recorded (quarantined, auto_reply, bounced, duplicate).
     quarantine_reason: Mapped[str | None] = mapped_column(Text)
     occurrence_id: Mapped[int | None]
     pip_review_id: Mapped[int | None]
+    # Set by an operator's release: the sender to check instead of From (`--as`), and when.
+    attributed_to: Mapped[str | None] = mapped_column(String(320))
+    released_at: Mapped[dt.datetime | None]
     received_at: Mapped[dt.datetime]
     processed_at: Mapped[dt.datetime | None]
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.adapters.local import LocalCalendar, MaildirInbox, MaildirSender
 from automation.clock import Clock, SystemClock
-from automation.config import load_cadences
+from automation.config import Delegates, load_cadences, load_delegates
 from automation.db import make_engine, session_factory
 from automation.domain.cadence import Cadence
 from automation.ports import CalendarProvider, InboxReader, MailSender
@@ -34,6 +34,8 @@ class Runtime:
     sender: MailSender
     inbox: InboxReader
     cadences: dict[str, Cadence]
+    # Manager's address -> delegates who may document their check-ins (config/delegates.toml).
+    delegates: Delegates = field(default_factory=dict)
     # How a newly created task reaches a worker; the broker module sets the real one.
     enqueue: Callable[[int], object] = field(default=lambda task_id: None)
 
@@ -52,6 +54,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         sender=MaildirSender(settings.outbox),
         inbox=MaildirInbox(settings.inbox),
         cadences={c.name: c for c in load_cadences(settings)},
+        delegates=load_delegates(settings),
     )
 
 

@@ -143,6 +143,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
         **_common({"name": "Sam Taylor", "email": "sam.taylor@example.net"}),
         "reason": "sender sam.taylor@example.net is not a participant of this occurrence",
     },
+    "address_failing": {
+        **_common(_HR_PARTNER),
+        "person": _MANAGER,
+        "reason": "5.1.1 smtp; 550 5.1.1 <zoe.obrien@example.com>: Recipient address rejected",
+    },
     "invite/description.txt": {
         "org": _ORG,
         "manager": _MANAGER,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +23,7 @@ KEYS = (
     "records",
     "reminders",
     "escalations",
-    "quarantined",
+    "not_recorded",
 )
 
 
@@ -123,7 +124,7 @@ def test_templates_preview_renders_sample_data(env):
     body = html.stdout.split(b"\n\n", 1)[1]  # after the (plain-text) subject line
     assert b"&lt;script&gt;" in body and b"<script>" not in body
     missing = automation("templates", "preview", "nope", env=env)
-    assert missing.returncode == 64 and b"known: agenda" in missing.stderr
+    assert missing.returncode == 64 and b"known: address_failing, agenda," in missing.stderr
 
 
 def test_demo_runs_the_whole_loop_deterministically(env, tmp_path):
@@ -163,3 +164,108 @@ def test_run_once_plans_and_writes_calendars_on_the_embedded_default(env, tmp_pa
 def test_worker_refuses_the_stub_broker_with_a_fix(env):
     result = automation("worker", env=env)
     assert result.returncode == 78 and b"AUTOMATION_BROKER_URL" in result.stderr
+
+
+SAMPLE_REPLY = b"""From: Bea Boss <boss@acme.test>
+To: checkin+1-o5-abc@reply.example.com
+Subject: Re: How did your check-in with Ana go?
+Date: Tue, 03 Mar 2026 10:00:00 +0000
+Message-ID: <r1@client.test>
+Content-Type: text/plain; charset=utf-8
+
+1. Shipped the onboarding docs.
+2. Waiting on legal.
+Rating: 4
+Action: Ana to draft the plan by Friday
+#reschedule Thu 14:00
+
+-- \nBea
+"""
+
+
+def test_parse_reply_json_prints_what_would_be_recorded(env, tmp_path):
+    message = tmp_path / "reply.eml"
+    message.write_bytes(SAMPLE_REPLY)
+    result = automation("parse-reply", "--json", str(message), env=env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["answers"] == {"1": "Shipped the onboarding docs.", "2": "Waiting on legal."}
+    assert out["rating"] == 4
+    assert out["action_items"] == [
+        {"text": "Ana to draft the plan by Friday", "owner": "Ana", "due": "2026-03-06"}
+    ]
+    assert out["commands"] == [{"name": "reschedule", "argument": "Thu 14:00"}]
+    assert out["reply_text"].startswith("1. Shipped the onboarding docs.")
+    assert out["auto_reply"] is False and out["bounce"] is False
+    # The default questions are the first cadence's.
+    assert out["questions"][0].startswith("What went well")
+    # From stdin, with the questions from a file, in words.
+    questions = tmp_path / "questions.txt"
+    questions.write_text("1. First thing?\n2. Second thing?\n")
+    text = automation(
+        "parse-reply", "-", "--questions", str(questions), env=env, stdin=message.read_bytes()
+    )
+    assert text.returncode == 0, text.stderr
+    out_text = text.stdout.decode()
+    assert "  1. First thing?\n     Shipped the onboarding docs." in out_text
+    assert "Rating:       4" in out_text and "#reschedule Thu 14:00" in out_text
+    assert not (tmp_path / "data" / "automation.db").exists()  # pure: no database
+
+
+def test_parse_reply_recognises_automatic_messages(env, tmp_path):
+    ooo = SAMPLE_REPLY.replace(b"Subject: Re:", b"Auto-Submitted: auto-replied\nSubject: Re:")
+    out = json.loads(automation("parse-reply", "--json", "-", env=env, stdin=ooo).stdout)
+    assert out["auto_reply"] is True and out["would_record"] is False
+    bounce = (
+        b"From: MAILER-DAEMON@mx.test\nSubject: Undelivered Mail\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\n\n'
+        b"--B\nContent-Type: text/plain\n\nfailed\n\n--B\nContent-Type: message/delivery-status\n"
+        b"\nReporting-MTA: dns; mx.test\n\nFinal-Recipient: rfc822; boss@acme.test\n"
+        b"Action: failed\nStatus: 5.1.1\n\n--B--\n"
+    )
+    result = automation("parse-reply", "-", env=env, stdin=bounce)
+    assert result.returncode == 0, result.stderr
+    assert b"bounce: never recorded; failing: boss@acme.test" in result.stdout
+    missing = automation("parse-reply", str(tmp_path / "nope.eml"), env=env)
+    assert missing.returncode == 66 and b"cannot read" in missing.stderr
+
+
+def test_config_check_reports_bad_delegates(env, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    config = tmp_path / "config"
+    shutil.copytree(root / "config", config)
+    (config / "delegates.toml").write_text(
+        '[[delegate]]\nfor = "boss@acme.test"\n'
+        '[[delegate]]\nfor = "boss@acme.test"\ndelegate = "not an address"\nteam = "x"\n'
+        '[[delegate]]\nfor = "a@acme.test"\ndelegate = "A@acme.test"\n'
+    )
+    result = automation("config", "check", env={**env, "AUTOMATION_CONFIG_DIR": str(config)})
+    assert result.returncode == 78
+    err = result.stderr.decode()
+    path = config / "delegates.toml"
+    assert f"{path}: delegate[0].delegate: missing (fix: add delegate = " in err
+    assert f"{path}: delegate[1].delegate: expected an email address, got 'not an address'" in err
+    assert f"{path}: delegate[1].team: unknown key" in err
+    assert f"{path}: delegate[2].delegate: a@acme.test cannot be their own delegate" in err
+    # The runtime refuses to start on it too, naming the same problems.
+    run = automation("ingest-mail", env={**env, "AUTOMATION_CONFIG_DIR": str(config)}, stdin=b"x")
+    assert run.returncode == 75 and b"delegate[1].delegate" in run.stderr
+
+
+def test_inbox_quarantine_list_and_show_in_a_real_process(env):
+    garbage = b"Subject: not for us\r\nFrom: someone@else.test\r\n\r\nhello\r\n"
+    assert automation("ingest-mail", env=env, stdin=garbage).returncode == 0
+    listed = automation("inbox", "quarantine", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    header, line = listed.stdout.decode().splitlines()
+    assert header.split() == ["id", "received_at", "from", "state", "reason"]
+    assert "someone@else.test" in line and "quarantined" in line
+    assert "no check-in reference" in line
+    shown = automation("inbox", "quarantine", "show", line.split()[0], env=env)
+    assert b"no check-in reference" in shown.stdout and b"--- decoded text ---\nhello" in (
+        shown.stdout
+    )
+    raw = automation("inbox", "quarantine", "show", line.split()[0], "--raw", env=env)
+    assert raw.stdout == garbage
+    nothing = automation("inbox", "quarantine", "show", "999", env=env)
+    assert nothing.returncode == 65 and b"no inbound message 999" in nothing.stderr

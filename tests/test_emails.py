@@ -34,6 +34,7 @@ EMAILS = [
     "escalation",
     "pip_review",
     "quarantine_notice",
+    "address_failing",
 ]
 DESCRIPTION = "invite/description.txt"
 NUMBERED = re.compile(r"^(\d+)\. (.+)$", re.MULTILINE)

@@ -1,16 +1,41 @@
 """Inbound mail: store raw first, then turn a reply into a conversation record.
 
 Whatever arrives is stored unchanged with its SHA-256 before anything parses it, so a parser
-bug can never lose a manager's words. A message that cannot become a record (no reply token,
-a forged one, a sender who is not on the check-in, an auto-reply) stays stored, quarantined
-with the reason, and creates nothing.
+bug can never lose a manager's words. Then the ``ingest`` task decides, in this order:
+
+* **duplicate**: a Message-ID the organization already received (other bytes, e.g. re-sent
+  by a relay; identical bytes are already stored once by their hash). Nothing else happens.
+* **bounced**: a delivery failure report. The failed recipient (``Original-Recipient`` /
+  ``Final-Recipient`` of the report, else the returned message's To) gets
+  ``people.mail_failing_since`` and ``mail_failing_reason``, and their HR partner one
+  ``address_failing`` email a day. Nothing clears the flag yet: a successful delivery is not
+  observable with the current mail adapters, and a people import leaves it as it is.
+* **auto_reply**: an out-of-office, Exchange automatic reply or bulk mail. Linked to the
+  check-in it answers when its token or threading resolves, but it documents nothing and the
+  escalation ladder runs on.
+* **recorded**: the reply's token (else its In-Reply-To/References) names a check-in or PIP
+  review and the sender is its manager or employee, or a delegate of the manager
+  (``config/delegates.toml``; check-ins only): the record's author is the delegate and the
+  audit log says on whose behalf.
+* **quarantined**: anything else (no or a forged token, a stranger), with the reason.
+
+Every state but ``recorded`` keeps its reason in ``quarantine_reason``. An operator can
+:func:`release` a quarantined message or auto-reply (``automation inbox quarantine release``),
+optionally attributing it to a person on record; the raw bytes never change.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
+import email.utils
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from email.message import Message
+from email.parser import HeaderParser
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +43,7 @@ from sqlalchemy.orm import Session
 
 from automation import audit
 from automation.db import transaction
+from automation.domain.cadence import zone
 from automation.domain.commands import parse_when
 from automation.domain.tokens import ForgedToken, ReplyToken, find_token
 from automation.models import (
@@ -46,6 +72,9 @@ from automation.services.messages import (
     when,
 )
 from automation.services.tasks import create_task, handles
+
+# Our emails a reply may answer in their thread (used when the reply token is missing).
+PROMPT_KINDS = ("followup", "pip_review", "remind", "confirmation")
 
 
 @dataclass(frozen=True)
@@ -114,21 +143,33 @@ def poll_inbox(rt: Runtime, limit: int = 100) -> int:
     return count
 
 
-def _quarantine(session: Session, rt: Runtime, message: InboundMessage, reason: str) -> str:
-    message.state = InboundState.QUARANTINED
+def _not_recorded(
+    session: Session,
+    rt: Runtime,
+    message: InboundMessage,
+    state: InboundState,
+    reason: str,
+    data: dict[str, object] | None = None,
+) -> str:
+    """Keep the message in ``state`` with its reason, and say so in the audit log."""
+    message.state = state
     message.quarantine_reason = reason
     message.processed_at = rt.now()
     audit.record(
         session,
         message.organization_id,
         actor="ingest",
-        action="inbound.quarantined",
+        action=f"inbound.{state}",
         subject_kind="inbound_message",
         subject_id=message.id,
         at=rt.now(),
-        data={"reason": reason, "sha256": message.sha256},
+        data={"reason": reason, "sha256": message.sha256, **(data or {})},
     )
-    return f"quarantined: {reason}"
+    return f"{state}: {reason}"
+
+
+def _quarantine(session: Session, rt: Runtime, message: InboundMessage, reason: str) -> str:
+    return _not_recorded(session, rt, message, InboundState.QUARANTINED, reason)
 
 
 def _resolve(
@@ -141,22 +182,298 @@ def _resolve(
         return "forged reply token: the reply address's signature does not match"
     if token is None and parsed.in_reply_to:
         # Some clients reply to From instead of Reply-To: fall back to threading headers.
-        prompt = session.scalar(
-            select(OutboundMessage).where(
-                OutboundMessage.organization_id == message.organization_id,
-                OutboundMessage.message_id.in_(parsed.in_reply_to),
-                OutboundMessage.kind.in_(("followup", "pip_review", "remind", "confirmation")),
-            )
-        )
-        if prompt is not None and prompt.occurrence_id:
-            token = ReplyToken(message.organization_id, "occurrence", prompt.occurrence_id)
-        elif prompt is not None and prompt.pip_review_id:
-            token = ReplyToken(message.organization_id, "pip_review", prompt.pip_review_id)
+        token = _token_of_prompt(session, message.organization_id, parsed.in_reply_to, PROMPT_KINDS)
     if token is None:
         return "no check-in reference: not a reply to a check-in prompt"
     if token.organization_id != message.organization_id:
         return "reply token belongs to another organization"
     return token
+
+
+def _token_of_prompt(
+    session: Session, organization_id: int, message_ids: Sequence[str], kinds: Sequence[str] = ()
+) -> ReplyToken | None:
+    """The check-in or PIP review one of our emails (by Message-ID) was about."""
+    query = select(OutboundMessage).where(
+        OutboundMessage.organization_id == organization_id,
+        OutboundMessage.message_id.in_(list(message_ids)),
+    )
+    if kinds:
+        query = query.where(OutboundMessage.kind.in_(list(kinds)))
+    for prompt in session.scalars(query.order_by(OutboundMessage.id)):
+        if prompt.occurrence_id:
+            return ReplyToken(organization_id, "occurrence", prompt.occurrence_id)
+        if prompt.pip_review_id:
+            return ReplyToken(organization_id, "pip_review", prompt.pip_review_id)
+    return None
+
+
+def _link(message: InboundMessage, token: ReplyToken | None) -> None:
+    if token is None:
+        return
+    if token.kind == "occurrence":
+        message.occurrence_id = token.subject_id
+    else:
+        message.pip_review_id = token.subject_id
+
+
+# --- machines: auto-replies and delivery failure reports -----------------------------------
+
+
+def _header_message(raw: bytes) -> Message | None:
+    try:
+        return email.message_from_bytes(bytes(raw), policy=email.policy.default)
+    except Exception:  # stored raw anyway; the caller falls back to generic wording
+        return None
+
+
+def _header(msg: Message, name: str) -> str:
+    try:
+        return " ".join(str(msg.get(name, "") or "").split())
+    except Exception:  # a malformed header must not stop the classification
+        return ""
+
+
+def automatic_reason(raw: bytes, subject: str) -> str:
+    """Why a message was taken for an automatic reply, in words an operator can check."""
+    msg = _header_message(raw)
+    signals = []
+    if msg is not None:
+        for name in (
+            "Auto-Submitted",
+            "Precedence",
+            "X-Autoreply",
+            "X-Autorespond",
+            "X-Autoresponder",
+        ):
+            value = _header(msg, name)
+            if value and value.lower() != "no":
+                signals.append(f"{name}: {value}")
+        if msg.get("X-Auto-Response-Suppress") is not None:
+            signals.append("X-Auto-Response-Suppress (Exchange)")
+    if subject and (not signals or signals == ["X-Auto-Response-Suppress (Exchange)"]):
+        signals.append(f"subject {subject[:80]!r}")
+    shown = "; ".join(signals) or "automatic-message markers"
+    return f"automatic reply ({shown}): not a person's answer, documents nothing"
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """One recipient a delivery status report says could not be reached."""
+
+    addresses: tuple[str, ...]  # Original-Recipient then Final-Recipient (or the fallback)
+    reason: str
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What a bounce says: its report type, the failed recipients, the bounced message."""
+
+    report_type: str  # "delivery-status", "disposition-notification", "" (no report part)
+    failures: tuple[DeliveryFailure, ...]
+    original_message_id: str | None
+    delayed: tuple[str, ...] = ()  # recipients only delayed, not failed
+
+
+_MSG_ID = re.compile(r"<[^<>\s]+>")
+
+
+def _dsn_address(value: object) -> str | None:
+    """``rfc822; user@example.com`` (RFC 3464 address-type; address) -> the address."""
+    text = " ".join(str(value or "").split())
+    if ";" in text:
+        text = text.split(";", 1)[1]
+    address = text.strip().strip("<>").strip().lower()
+    return address if "@" in address and " " not in address else None
+
+
+def _addresses(values: list[str]) -> list[str]:
+    found = []
+    for _, addr in email.utils.getaddresses(values):
+        addr = addr.strip().lower()
+        if "@" in addr and addr not in found:
+            found.append(addr)
+    return found
+
+
+def delivery_report(raw: bytes) -> DeliveryReport:
+    """Read a bounce with the email package; pure, never raises.
+
+    The failed recipients come from the ``message/delivery-status`` part (RFC 3464): each
+    per-recipient block whose ``Action`` is ``failed`` (or missing) gives its
+    ``Original-Recipient`` and ``Final-Recipient``, and ``Status`` and ``Diagnostic-Code`` make
+    the reason. Without such a part: Exim's ``X-Failed-Recipients``, then the To of the
+    returned original message (``message/rfc822`` or ``text/rfc822-headers``).
+    """
+    msg = _header_message(raw)
+    if msg is None:
+        return DeliveryReport("", (), None)
+    try:
+        return _delivery_report(msg)
+    except Exception:  # a damaged report: nothing can be flagged from it
+        return DeliveryReport("", (), None)
+
+
+def _delivery_report(msg: Message) -> DeliveryReport:
+    report_type = ""
+    if msg.get_content_type() == "multipart/report":
+        report_type = str(msg.get_param("report-type", "") or "").lower() or "delivery-status"
+    failures: list[DeliveryFailure] = []
+    delayed: list[str] = []
+    original_to: list[str] = []
+    original_id: str | None = None
+    stack: list[tuple[Message, int]] = [(msg, 0)]
+    while stack:
+        part, depth = stack.pop()
+        ctype = part.get_content_type()
+        payload = part.get_payload()
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
+            blocks = payload if isinstance(payload, list) else []
+            if not blocks and isinstance(payload, str):  # some parsers leave it as text
+                blocks = [HeaderParser().parsestr(b) for b in re.split(r"\n\s*\n", payload)]
+            for block in blocks:
+                candidates = [
+                    a
+                    for a in (
+                        _dsn_address(block.get("Original-Recipient")),
+                        _dsn_address(block.get("Final-Recipient")),
+                    )
+                    if a
+                ]
+                if not candidates:
+                    continue  # the per-message block
+                action = _header(block, "Action").lower()
+                if action == "delayed":
+                    delayed.append(candidates[0])
+                    continue
+                if action and action != "failed":
+                    continue  # delivered, relayed, expanded: not a failure
+                status = _header(block, "Status")
+                diagnostic = _header(block, "Diagnostic-Code")
+                reason = " ".join(x for x in (status, diagnostic) if x) or "delivery failed"
+                failures.append(DeliveryFailure(tuple(dict.fromkeys(candidates)), reason[:500]))
+        elif ctype in ("message/rfc822", "message/global", "text/rfc822-headers"):
+            if ctype == "text/rfc822-headers":
+                text = payload if isinstance(payload, str) else ""
+                original: Message | None = HeaderParser().parsestr(text)
+            else:
+                original = payload[0] if isinstance(payload, list) and payload else None
+            if original is not None and original_id is None:
+                ids = _MSG_ID.findall(_header(original, "Message-ID"))
+                original_id = ids[0] if ids else None
+                headers = (original.get_all("To") or []) + (original.get_all("Cc") or [])
+                original_to = _addresses([str(v) for v in headers])
+        elif isinstance(payload, list) and depth < 16:
+            stack += [(p, depth + 1) for p in reversed(payload) if isinstance(p, Message)]
+    if report_type not in ("", "delivery-status"):
+        return DeliveryReport(report_type, (), original_id)  # a read receipt, not a failure
+    if not failures and not delayed:
+        subject = _header(msg, "Subject") or "delivery failed"
+        exim = _addresses([_header(msg, "X-Failed-Recipients")])
+        for address in exim or original_to:
+            failures.append(DeliveryFailure((address,), subject[:500]))
+    return DeliveryReport(report_type, tuple(failures), original_id, tuple(delayed))
+
+
+def _bounce(rt: Runtime, session: Session, message: InboundMessage, parsed: ParsedEmail) -> str:
+    """Flag the failing recipients' addresses and tell each one's HR partner, once a day."""
+    report = delivery_report(message.raw)
+    if report.report_type not in ("", "delivery-status"):
+        return _not_recorded(
+            session,
+            rt,
+            message,
+            InboundState.AUTO_REPLY,
+            f"automatic report ({report.report_type}, e.g. a read receipt): not a person's "
+            "answer, documents nothing",
+        )
+    if report.original_message_id:
+        bounced = [report.original_message_id]
+        _link(message, _token_of_prompt(session, message.organization_id, bounced))
+    now = rt.now()
+    sender = email.utils.parseaddr(rt.settings.mail_from)[1].lower()
+    reply_domain = rt.settings.reply_domain.lower()
+    flagged, unknown = [], []
+    for failure in report.failures:
+        if any(a == sender or a.rpartition("@")[2] == reply_domain for a in failure.addresses):
+            continue  # one of our own addresses (a bounce of a bounce): nobody to flag
+        person = session.scalar(
+            select(Person).where(
+                Person.organization_id == message.organization_id,
+                Person.email.in_(list(failure.addresses)),
+            )
+        )
+        if person is None:
+            unknown.append(failure.addresses[0])
+            continue
+        flagged.append(f"{person.email} ({failure.reason})")
+        if person.mail_failing_since is None:
+            person.mail_failing_since = now
+        person.mail_failing_reason = failure.reason
+        audit.record(
+            session,
+            message.organization_id,
+            actor="ingest",
+            action="person.mail_failing",
+            subject_kind="person",
+            subject_id=person.id,
+            at=now,
+            data={
+                "email": person.email,
+                "reason": failure.reason,
+                "inbound_message_id": message.id,
+                "bounced_message_id": report.original_message_id,
+            },
+        )
+        hr = session.get(Person, person.hr_partner_id) if person.hr_partner_id else None
+        if hr is None:
+            continue
+        queue_email(
+            rt,
+            session,
+            organization_id=message.organization_id,
+            key=f"bounce:person:{person.id}:{now.date().isoformat()}",
+            kind="address_failing",
+            template="address_failing",
+            to=[hr],
+            context={"person": person_ctx(person), "reason": failure.reason},
+        )
+    parts = []
+    if flagged:
+        parts.append("address failing for " + ", ".join(flagged))
+    if unknown:
+        parts.append("failed recipient not on record: " + ", ".join(unknown))
+    if report.delayed and not report.failures:
+        parts.append("delivery only delayed for " + ", ".join(report.delayed) + "; nothing flagged")
+    if not parts:
+        parts.append("delivery failure report naming no recipient; nothing flagged")
+    return _not_recorded(
+        session,
+        rt,
+        message,
+        InboundState.BOUNCED,
+        "; ".join(parts),
+        {"bounced_message_id": report.original_message_id},
+    )
+
+
+# --- the ingest task -------------------------------------------------------------------------
+
+
+def _first_with_message_id(session: Session, message: InboundMessage) -> int | None:
+    """The id of an earlier message of the organization with the same Message-ID."""
+    if not message.message_id:
+        return None
+    return session.scalar(
+        select(InboundMessage.id)
+        .where(
+            InboundMessage.organization_id == message.organization_id,
+            InboundMessage.message_id == message.message_id,
+            InboundMessage.id < message.id,
+        )
+        .order_by(InboundMessage.id)
+        .limit(1)
+    )
 
 
 @handles("ingest")
@@ -170,16 +487,41 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
     message.message_id = (parsed.message_id or "")[:998] or None
     message.from_address = (parsed.from_address or "")[:320] or None
     message.subject = parsed.subject
-    if parsed.from_address is None:
-        return _quarantine(session, rt, message, "no usable From address")
-    if parsed.auto_submitted:
-        return _quarantine(
+    first = _first_with_message_id(session, message)
+    if first is not None:
+        # A relay or client sent the same message again with other bytes (headers added):
+        # the first copy is the one that counts.
+        return _not_recorded(
             session,
             rt,
             message,
-            "automatic message (auto-reply, bounce or bulk), not a person's reply",
+            InboundState.DUPLICATE,
+            f"duplicate of inbound message {first}: Message-ID {message.message_id} "
+            "was already received",
+            {"first_id": first},
         )
+    # An operator's release vouches that this is a person's message, whatever it looks like.
+    released = message.released_at is not None
+    if parsed.bounce and not released:
+        return _bounce(rt, session, message, parsed)
     token = _resolve(rt, session, message, parsed)
+    if parsed.auto_reply and not released:
+        # Kept as what it is, on the check-in it answers, and it changes nothing there: the
+        # check-in stays undocumented and its ladder runs on.
+        if isinstance(token, ReplyToken) and load_subject(
+            session, message.organization_id, token.kind, token.subject_id
+        ):
+            _link(message, token)
+        return _not_recorded(
+            session,
+            rt,
+            message,
+            InboundState.AUTO_REPLY,
+            automatic_reason(message.raw, parsed.subject),
+        )
+    sender = message.attributed_to or parsed.from_address
+    if sender is None:
+        return _quarantine(session, rt, message, "no usable From address")
     if isinstance(token, str):
         return _quarantine(session, rt, message, token)
     subject = load_subject(session, message.organization_id, token.kind, token.subject_id)
@@ -189,13 +531,37 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         subject.manager.email.lower(): subject.manager,
         subject.employee.email.lower(): subject.employee,
     }
-    author = participants.get(parsed.from_address)
+    author = participants.get(sender)
+    on_behalf_of: Person | None = None
+    if author is None and sender in rt.delegates.get(subject.manager.email.lower(), ()):
+        if token.kind != "occurrence":
+            return _quarantine(
+                session,
+                rt,
+                message,
+                f"sender {sender} is a delegate of {subject.manager.email}, but delegates may "
+                "not document PIP reviews",
+            )
+        author = session.scalar(
+            select(Person).where(
+                Person.organization_id == message.organization_id, Person.email == sender
+            )
+        )
+        if author is None or not author.active:
+            return _quarantine(
+                session,
+                rt,
+                message,
+                f"sender {sender} is a delegate of {subject.manager.email} but is not an "
+                "active person on record (fix: add them to the people import)",
+            )
+        on_behalf_of = subject.manager
     if author is None:
         return _quarantine(
             session,
             rt,
             message,
-            f"sender {parsed.from_address} is not a participant of this "
+            f"sender {sender} is not a participant of this "
             f"{'check-in' if token.kind == 'occurrence' else 'PIP review'}",
         )
     if token.kind == "occurrence":
@@ -204,17 +570,27 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         questions = list(ctx.cadence.questions)
     else:
         questions = list(PIP_QUESTIONS)
-    extraction = extract(parsed.text, questions, parsed.date or rt.now())
+    # Relative dates ("by Friday") count on the sender's calendar: the Date header keeps the
+    # sender's offset; without one, the author's configured zone stands in.
+    sent_at = parsed.date or rt.now().astimezone(zone(author.timezone))
+    extraction = extract(parsed.text, questions, sent_at, parsed.from_name)
     record = _record(
-        rt, session, message, token, author, subject.manager, subject.employee, extraction
+        rt,
+        session,
+        message,
+        token,
+        author,
+        subject.manager,
+        subject.employee,
+        extraction,
+        on_behalf_of=on_behalf_of,
+        from_address=parsed.from_address,
     )
-    applied = _apply_commands(rt, session, token, extraction, author)
+    applied = _apply_commands(rt, session, token, extraction, author, on_behalf_of)
     message.state = InboundState.RECORDED
+    message.quarantine_reason = None
     message.processed_at = rt.now()
-    if token.kind == "occurrence":
-        message.occurrence_id = token.subject_id
-    else:
-        message.pip_review_id = token.subject_id
+    _link(message, token)
     _confirm(
         rt,
         session,
@@ -228,8 +604,84 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         extraction,
         applied,
         token,
+        on_behalf_of,
     )
-    return f"recorded v{record.version}"
+    return f"recorded v{record.version}" + (
+        f" by {author.email} on behalf of {on_behalf_of.email}" if on_behalf_of else ""
+    )
+
+
+# --- operator release --------------------------------------------------------------------
+
+RELEASABLE = (InboundState.QUARANTINED, InboundState.AUTO_REPLY)
+
+
+class ReleaseRefused(Exception):
+    """The message cannot be released; the text says why."""
+
+
+def release(
+    rt: Runtime,
+    inbound_id: int,
+    *,
+    operator: str,
+    attribute_to: str | None = None,
+    reason: str | None = None,
+) -> int:
+    """Put a kept message back to ``received`` and schedule its ingest again; the task's id.
+
+    The raw bytes are never touched. ``attribute_to`` makes the participant check use that
+    address instead of From (a manager writing from a private mailbox); it needs ``reason``.
+    A released message is processed as a person's message even if it looked automatic.
+    """
+    if attribute_to and not (reason or "").strip():
+        raise ReleaseRefused("--as needs --reason: say why this message is attributed")
+    now = rt.now()
+    with transaction(rt.factory) as session:
+        org = organization_id(session, rt.settings.organization)
+        message = session.get(InboundMessage, inbound_id)
+        if message is None or message.organization_id != org:
+            raise ReleaseRefused(f"no inbound message {inbound_id} in this organization")
+        if message.state not in RELEASABLE:
+            raise ReleaseRefused(
+                f"inbound message {inbound_id} is {message.state}; only "
+                f"{' or '.join(RELEASABLE)} messages can be released"
+            )
+        person = None
+        if attribute_to:
+            attribute_to = attribute_to.strip().lower()
+            person = session.scalar(
+                select(Person).where(Person.organization_id == org, Person.email == attribute_to)
+            )
+            if person is None:
+                raise ReleaseRefused(f"nobody with the address {attribute_to} is on record")
+        entry = audit.record(
+            session,
+            org,
+            actor=operator,
+            action="inbound.released",
+            subject_kind="inbound_message",
+            subject_id=message.id,
+            at=now,
+            data={
+                "previous_state": message.state,
+                "previous_reason": message.quarantine_reason,
+                "from": message.from_address,
+                "attributed_to": attribute_to,
+                "reason": (reason or "").strip() or None,
+                "sha256": message.sha256,
+            },
+        )
+        message.state = InboundState.RECEIVED
+        message.released_at = now
+        if attribute_to:
+            message.attributed_to = attribute_to
+        message.processed_at = None
+        task = create_task(
+            session, org, "ingest", f"ingest:{message.id}:release:{entry.seq}", message.id, now, now
+        )
+        task_id = task.id
+    return task_id
 
 
 def _record(
@@ -241,6 +693,9 @@ def _record(
     manager: Person,
     employee: Person,
     extraction: Extraction,
+    *,
+    on_behalf_of: Person | None = None,
+    from_address: str | None = None,
 ) -> ConversationRecord:
     now = rt.now()
     version = (
@@ -317,13 +772,24 @@ def _record(
             "source_sha256": message.sha256,
             "action_items": len(extraction.action_items),
             "rating": extraction.rating,
+            **({"on_behalf_of": on_behalf_of.email} if on_behalf_of else {}),
+            **(
+                {"attributed_by_operator": True, "from": from_address}
+                if message.attributed_to
+                else {}
+            ),
         },
     )
     return record
 
 
 def _apply_commands(
-    rt: Runtime, session: Session, token: ReplyToken, extraction: Extraction, author: Person
+    rt: Runtime,
+    session: Session,
+    token: ReplyToken,
+    extraction: Extraction,
+    author: Person,
+    on_behalf_of: Person | None = None,
 ) -> list[str]:
     """Carry out #skip, #cancel, #done and #reschedule; return what was done, in words."""
     if token.kind != "occurrence" or not extraction.commands:
@@ -340,7 +806,11 @@ def _apply_commands(
             _series_changed(rt, session, ctx.series)
             done.append(f"marked {occ.state}")
         elif command.name == "done":
-            done.append("marked documented")
+            # Any record documents the check-in; #done also closes it as held.
+            if occ.state in (OccurrenceState.PLANNED, OccurrenceState.INVITED):
+                occ.state = OccurrenceState.HELD
+                occ.updated_at = now
+            done.append("marked documented and closed: no reminders will follow")
         elif command.name == "reschedule":
             done.append(_reschedule(rt, session, ctx.series, ctx.employee, command.argument))
         audit.record(
@@ -351,7 +821,11 @@ def _apply_commands(
             subject_kind="occurrence",
             subject_id=occ.id,
             at=now,
-            data={"argument": command.argument, "result": done[-1]},
+            data={
+                "argument": command.argument,
+                "result": done[-1],
+                **({"on_behalf_of": on_behalf_of.email} if on_behalf_of else {}),
+            },
         )
     return done
 
@@ -426,6 +900,7 @@ def _confirm(
     extraction: Extraction,
     applied: list[str],
     token: ReplyToken,
+    on_behalf_of: Person | None = None,
 ) -> None:
     occ_ctx: dict[str, object]
     if token.kind == "occurrence":
@@ -455,7 +930,8 @@ def _confirm(
         key=f"confirmation:record:{record.id}",
         kind="confirmation",
         template="confirmation",
-        to=[author],
+        # A delegate's notes are confirmed to the manager too: they were written in their name.
+        to=[author, on_behalf_of] if on_behalf_of else [author],
         in_reply_to=parsed.message_id,
         occurrence_id=token.subject_id if token.kind == "occurrence" else None,
         pip_review_id=token.subject_id if token.kind == "pip_review" else None,
