@@ -303,6 +303,12 @@ def tick_scan(scale: float, folder: Path) -> list[Result]:
     ]
 
 
+# replies.corpus and replies.fields: reply trimming vs the public peers, and field extraction.
+from bench import replies as _replies  # noqa: E402
+
+_replies.register(benchmark, Result)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpora" / "replies"
+PEERS = {  # name in the rows -> module to import
+    "email-reply-parser": "email_reply_parser",
+    "mail-parser-reply": "mailparser_reply",
+    "talon": "talon",
+    "quotequail": "quotequail",
+}
 
 
 def test_bench_runner_prints_json_ratios():
@@ -24,6 +35,8 @@ def test_bench_runner_prints_json_ratios():
     assert any(n.startswith("tick.scan.") for n in names)
     for r in results:
         assert set(r) >= {"name", "value", "unit", "baseline", "ratio"}
+        if r["name"].startswith("replies."):
+            continue  # scores, goal and missing-peer rows may be 0: see test_bench_replies_rows
         assert r["value"] > 0 and r["baseline"] > 0
         assert abs(r["ratio"] - r["value"] / r["baseline"]) < 1e-9
 
@@ -44,3 +57,142 @@ def test_bench_only_selects_by_prefix():
         timeout=60,
     )
     assert bad.returncode == 2 and b"known: planning.quarter" in bad.stderr
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def replies_rows() -> dict[str, dict]:
+    out = subprocess.run(
+        [sys.executable, "bench/run.py", "--json", "--only", "replies", "--scale", "0.01"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    return {r["name"]: r for r in json.loads(out.stdout)}
+
+
+def _suites() -> list[str]:
+    return sorted(p.name for p in CORPUS.iterdir() if p.is_dir()) + ["overall"]
+
+
+def test_bench_replies_rows(replies_rows):
+    """The reply benchmark: well-formed rows, ours always there, a row for each missing peer."""
+    rows = replies_rows
+    for r in rows.values():
+        assert r["name"].startswith("replies.")
+        assert set(r) >= {"name", "value", "unit", "baseline", "ratio"}
+        for key in ("value", "baseline", "ratio"):
+            assert isinstance(r[key], int | float) and not math.isnan(r[key]), r
+            assert r[key] >= 0, r
+        if r["baseline"] > 0:
+            assert abs(r["ratio"] - r["value"] / r["baseline"]) < 1e-9, r
+    assert any(n.startswith("replies.fields.") for n in rows)
+    if not CORPUS.is_dir():
+        assert "replies.corpus.missing" in rows
+        return
+    # Ours against the untrimmed input: present whatever is installed.
+    for suite in _suites():
+        for metric in ("exact", "f1"):
+            r = rows[f"replies.{metric}.{suite}.untrimmed"]
+            assert r["unit"] == "%" and 0 < r["value"] <= 100 and 0 <= r["baseline"] <= 100
+    goal = rows["replies.goal"]
+    assert goal["value"] in (0, 1) and goal["baseline"] == 1
+    assert (goal["value"] == 1) == goal["note"].startswith("met"), goal
+    for peer, module in PEERS.items():
+        if not _installed(module):
+            assert "not installed" in rows[f"replies.missing.{peer}"]["note"]
+            assert goal["value"] == 0 and peer in goal["note"]
+            assert not any(n.endswith(f".{peer}") for n in rows if "missing" not in n)
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_bench_replies_peer_rows(replies_rows, peer):
+    """Each installed peer has its exact, F1 and speed rows, with the numbers in the notes."""
+    if not _installed(PEERS[peer]):
+        pytest.skip(f"{peer} not installed (pip install -e '.[bench]')")
+    if not CORPUS.is_dir():
+        pytest.skip(f"reply corpus not found at {CORPUS}")
+    rows = replies_rows
+    assert f"replies.missing.{peer}" not in rows
+    names = [f"replies.{m}.{s}.{peer}" for m in ("exact", "f1") for s in _suites()]
+    for name in [*names, f"replies.speed.{peer}"]:
+        r = rows[name]
+        assert r["value"] > 0 and r["baseline"] >= 0, r
+        assert peer in r["note"] and "ours" in r["note"], r
+    assert rows[f"replies.speed.{peer}"]["unit"] == "/s"
+    assert rows[f"replies.speed.{peer}"]["baseline"] > 0
+
+
+def test_bench_replies_fields_scoring(tmp_path, monkeypatch):
+    """replies.fields scores each given field of each fixture, and says when there are none."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.replies import fields_rows
+
+    class Row:
+        def __init__(self, name, value, unit, baseline, ratio, note=""):
+            self.name, self.value, self.baseline, self.note = name, value, baseline, note
+
+    (none,) = fields_rows(Row, 1.0, tmp_path / "absent")
+    assert none.name == "replies.fields.none" and "no fixtures" in none.note
+    raw = (
+        b"From: Sam <sam@example.com>\r\nTo: c@example.com\r\nSubject: Re: check-in\r\n"
+        b"Date: Mon, 2 Mar 2026 10:00:00 +0000\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        b"1. Shipped the importer\r\n2. Nothing blocking\r\n\r\n"
+        b"On Mon, 2 Mar 2026 at 09:00, Check-ins <c@example.com> wrote:\r\n> 1. Progress?\r\n"
+    )
+    (tmp_path / "good.eml").write_bytes(raw)
+    (tmp_path / "good.expected.json").write_text(
+        json.dumps(
+            {
+                "questions": ["Progress?", "Blockers?"],
+                "reply_text": "1. Shipped the importer\n2. Nothing   blocking",
+                "auto_reply": False,
+                "bounce": False,
+                "commands": [],
+            }
+        )
+    )
+    (tmp_path / "wrong.eml").write_bytes(raw)
+    (tmp_path / "wrong.expected.json").write_text(json.dumps({"bounce": True}))
+    (tmp_path / "orphan.eml").write_bytes(raw)
+    rows = {r.name: r for r in fields_rows(Row, 1.0, tmp_path)}
+    assert rows["replies.fields.reply_text"].value == 100
+    assert rows["replies.fields.commands"].value == 100
+    assert rows["replies.fields.bounce"].value == 50
+    assert "wrong" in rows["replies.fields.bounce"].note
+    assert "replies.fields.rating" not in rows  # no fixture gives it
+    assert rows["replies.fields.all"].value == 50
+    assert "orphan: no .expected.json" in rows["replies.fields.all"].note
+
+
+def test_bench_replies_goal_rule(monkeypatch):
+    """The goal needs ours strictly ahead on every suite, except where both sit at 100%."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from collections import Counter
+
+    from bench.replies import Parser, Scores, _goal
+
+    class Row:
+        def __init__(self, name, value, unit, baseline, ratio, note=""):
+            self.value, self.note = value, note
+
+    def goal(ours_hits: int, peer_hits: int, total: int = 10) -> Row:
+        ours = Scores(exact={"a": ["x"] * ours_hits, "overall": ["x"] * ours_hits}, speed=2.0)
+        peer = Scores(exact={"a": ["x"] * peer_hits, "overall": ["x"] * peer_hits}, speed=1.0)
+        parsers = [Parser("ours", str, is_peer=False), Parser("peer", str)]
+        counts = Counter({"a": total, "overall": total})
+        return _goal(Row, parsers, ours, {"peer": peer}, ["a", "overall"], counts)
+
+    assert goal(10, 9).value == 1
+    assert goal(10, 10).value == 1  # both perfect: the ceiling cannot be passed
+    tie = goal(9, 9)
+    assert tie.value == 0 and "not above peer" in tie.note
+    assert goal(9, 10).value == 0
