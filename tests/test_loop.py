@@ -211,6 +211,23 @@ def test_an_answer_sent_again_adds_a_version(rt, org, clock):
     assert records[0].answers["1"] == "Good week."  # the first version is kept as it was
 
 
+def test_replying_to_the_confirmation_corrects_the_record_as_a_new_version(rt, org, clock):
+    first = occurrences(rt, "kai@acme.test")[0]
+    advance_until(rt, clock, first.end_at + dt.timedelta(hours=2))
+    (prompt,) = [m for m in outbox(rt, "followup") if m.occurrence_id == first.id]
+    deliver(rt, reply_to(rt, prompt, "boss@acme.test", "1. Good week.\n4. 3\n"), "a")
+    (confirmation,) = outbox(rt, "confirmation")
+    deliver(rt, reply_to(rt, confirmation, "boss@acme.test", "1. Good week.\n4. 4\n"), "b")
+    with rt.factory() as session:
+        records = list(
+            session.scalars(select(ConversationRecord).order_by(ConversationRecord.version))
+        )
+    assert [(r.subject_id, r.version, r.rating) for r in records] == [
+        (first.id, 1, 3),
+        (first.id, 2, 4),
+    ]
+
+
 def test_undocumented_checkin_reminds_then_escalates_once(rt, org, clock):
     first = occurrences(rt, "ana@acme.test")[0]
     advance_until(rt, clock, first.end_at + dt.timedelta(days=16))
