@@ -35,6 +35,7 @@ from automation.models import (
     ConversationRecord,
     Escalation,
     InboundMessage,
+    InboundState,
     Occurrence,
     OutboundMessage,
     OutboundState,
@@ -72,7 +73,8 @@ class DemoSummary:
     records: int
     reminders: int
     escalations: int
-    not_recorded: int
+    quarantined: int  # kept because the sender or token could not be trusted
+    not_recorded: int  # every message kept without a record: quarantined, auto-reply, bounce…
     audit_entries: int
     audit_chain_intact: bool
     weeks: int
@@ -437,6 +439,14 @@ def summarize(rt: Runtime, org_id: int, weeks: int, seed: int, out: Path) -> Dem
                 .select_from(Escalation)
                 .where(Escalation.organization_id == org_id, Escalation.action == "escalate")
             ),
+            quarantined=count(
+                select(func.count())
+                .select_from(InboundMessage)
+                .where(
+                    InboundMessage.organization_id == org_id,
+                    InboundMessage.state == InboundState.QUARANTINED,
+                )
+            ),
             not_recorded=count(
                 select(func.count())
                 .select_from(InboundMessage)
@@ -560,7 +570,8 @@ def format_summary(s: DemoSummary) -> str:
         f"  records documented     {s.records:>6}",
         f"  reminders to managers  {s.reminders:>6}",
         f"  escalations to HR      {s.escalations:>6}",
-        f"  kept, not recorded     {s.not_recorded:>6}   (strangers, auto-replies, bounces)",
+        f"  kept, not recorded     {s.not_recorded:>6}   "
+        f"({s.quarantined} quarantined; the rest auto-replies or bounces)",
         f"  audit entries          {s.audit_entries:>6}   chain "
         f"{'intact' if s.audit_chain_intact else 'BROKEN'}",
         "",

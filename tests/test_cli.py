@@ -23,6 +23,7 @@ KEYS = (
     "records",
     "reminders",
     "escalations",
+    "quarantined",
     "not_recorded",
 )
 
