@@ -205,7 +205,60 @@ class Occurrence(OrgScoped, Base):
     end_at: Mapped[dt.datetime]
     state: Mapped[str] = mapped_column(String(20), default=OccurrenceState.PLANNED)
     documented_at: Mapped[dt.datetime | None]
+    # Attendee responses read back from the calendar: email (lower) -> RFC 5545 PARTSTAT.
+    responses: Mapped[dict[str, Any] | None]
     created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class CalendarLink(OrgScoped, Base):
+    """Where a series lives in a provider: the organizer's calendar and the provider's id.
+
+    Written after each successful write; ``written_sequence`` lets a retried invite skip a
+    write the provider already has, and the id lets later updates address the event.
+    """
+
+    __tablename__ = "calendar_links"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "series_id", "provider"),
+        Index("ix_calendar_links_event", "organization_id", "provider", "event_id"),
+        org_fk("series_id", "checkin_series"),
+    )
+    series_id: Mapped[int]
+    provider: Mapped[str] = mapped_column(String(20))
+    calendar: Mapped[str] = mapped_column(String(320))  # the organizer's address
+    event_id: Mapped[str] = mapped_column(String(1024))
+    written_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime]
+
+
+class CalendarSync(OrgScoped, Base):
+    """Sync state of one provider calendar: the cursor and its push channel.
+
+    ``cursor`` is a Google syncToken, a Graph deltaLink or a CalDAV sync-token, committed
+    together with the changes it covers. ``channel_*`` is the Google watch channel or the
+    Graph subscription that pushes change notices; ``channel_secret`` is the random token
+    (Google) or clientState (Graph) a notice must carry, compared in constant time.
+    """
+
+    __tablename__ = "calendar_syncs"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "provider", "calendar"),
+        Index("ix_calendar_syncs_channel", "channel_id"),
+    )
+    provider: Mapped[str] = mapped_column(String(20))
+    calendar: Mapped[str] = mapped_column(String(320))
+    cursor: Mapped[str | None] = mapped_column(Text)
+    synced_at: Mapped[dt.datetime | None]
+    full_synced_at: Mapped[dt.datetime | None]
+    channel_id: Mapped[str | None] = mapped_column(String(200))
+    channel_secret: Mapped[str | None] = mapped_column(String(200))
+    channel_resource: Mapped[str | None] = mapped_column(String(500))
+    channel_expires_at: Mapped[dt.datetime | None]
+    last_message_number: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,17 +40,104 @@ class SeriesEvent:
     rrule: str
     overrides: tuple[OccurrenceOverride, ...] = field(default_factory=tuple)
     cancelled: bool = False
+    # The provider's id for this series once it was created (Graph assigns one; Google and
+    # CalDAV derive theirs from the UID, so they may ignore it). None: never written.
+    provider_id: str | None = None
+
+    @property
+    def calendar(self) -> str:
+        """The calendar the series lives in: the organizer's (the manager's) address."""
+        return self.organizer.email.lower()
+
+
+# Attendee participation status, as RFC 5545 PARTSTAT spells it (Google's responseStatus and
+# Graph's response are mapped onto these).
+ACCEPTED, DECLINED, TENTATIVE, NEEDS_ACTION = "ACCEPTED", "DECLINED", "TENTATIVE", "NEEDS-ACTION"
+
+
+@dataclass(frozen=True)
+class EventState:
+    """What a provider says one of our events (a series, or one instance of it) is now.
+
+    A sync reports every event of ours it sees: a full sync all of them, an incremental one
+    the changed ones. Applying a state is idempotent, so replays and duplicates are harmless.
+    """
+
+    uid: str  # our series UID (iCalendar UID; Google iCalUID; Graph iCalUId)
+    recurrence_id: dt.datetime | None = None  # UTC original start; None: the whole series
+    removed: bool = False  # deleted or cancelled in the provider
+    start: dt.datetime | None = None  # UTC; for an instance, where it is now
+    end: dt.datetime | None = None
+    responses: Mapping[str, str] = field(default_factory=dict)  # email (lower) -> PARTSTAT
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    cursor: str | None  # store it; the next sync starts from it
+    full_resync: bool  # True when the stored cursor was refused (410 / invalid sync token)
+    requests: int  # HTTP requests this sync made
+    events: int  # EventStates reported
 
 
 class CalendarProvider(Protocol):
-    def write_series(self, event: SeriesEvent) -> None:
-        """Create or update the series for every participant. Must be idempotent."""
+    name: str  # "local", "google", "graph", "caldav", "imip"
+
+    def write_series(self, event: SeriesEvent) -> str:
+        """Create, update or (``event.cancelled``) cancel the series in the organizer's calendar,
+        with its overrides (moved or cancelled instances). Idempotent: running it again, even
+        after a crash between the provider's answer and our commit, never makes a second
+        event. Returns the provider's id for the series."""
+        ...
+
+    def write_many(self, events: Sequence[SeriesEvent]) -> dict[str, str]:
+        """``write_series`` for many, batched where the provider can (uid -> provider id)."""
         ...
 
     def busy(
         self, emails: Sequence[str], start: dt.datetime, end: dt.datetime
     ) -> list[tuple[dt.datetime, dt.datetime]]:
-        """Busy UTC intervals of these people between start and end."""
+        """Busy UTC intervals of these people between start and end (all-day events and
+        out-of-office included)."""
+        ...
+
+    def sync(
+        self,
+        calendar: str,
+        cursor: str | None,
+        apply: Callable[[Sequence[EventState]], None],
+    ) -> SyncOutcome:
+        """Report our events changed in ``calendar`` since ``cursor`` (None: a full sync),
+        page by page through ``apply`` (so memory stays bounded), then return the new cursor.
+        A refused cursor means one full resync, never a loop."""
+        ...
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A push channel: a Google watch channel or a Graph subscription on one calendar."""
+
+    id: str  # Google channel id / Graph subscription id
+    resource: str  # Google resourceId (needed to stop it) / Graph resource path
+    secret: str  # Google channel token / Graph clientState: a notice must carry it
+    expires_at: dt.datetime  # UTC, as the provider reported it
+
+
+class PushChannels(Protocol):
+    """Providers that push change notices (Google, Graph). CalDAV and iMIP are polled."""
+
+    def watch(
+        self, calendar: str, address: str, secret: str, ttl: dt.timedelta, channel_id: str
+    ) -> Channel:
+        """Open a channel that posts to ``address``; ``channel_id`` is ours (Google) or a hint."""
+        ...
+
+    def renew(self, calendar: str, channel: Channel, address: str, ttl: dt.timedelta) -> Channel:
+        """Keep notices coming past ``channel.expires_at``: Google opens a new channel before
+        stopping the old one (channels cannot be extended); Graph PATCHes the expiry."""
+        ...
+
+    def stop(self, calendar: str, channel: Channel) -> None:
+        """Close it; a channel the provider no longer knows counts as stopped."""
         ...
 
 

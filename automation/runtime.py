@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.adapters.local import LocalCalendar, MaildirInbox, MaildirSender
+from automation.adapters.calendars import build_calendar
+from automation.adapters.local import MaildirInbox, MaildirSender
 from automation.clock import Clock, SystemClock
 from automation.config import Delegates, load_cadences, load_delegates
 from automation.db import make_engine, session_factory
@@ -50,7 +51,7 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         engine=engine,
         factory=session_factory(engine),
         clock=clock or SystemClock(),
-        calendar=LocalCalendar(settings.calendars),
+        calendar=build_calendar(settings),
         sender=MaildirSender(settings.outbox),
         inbox=MaildirInbox(settings.inbox),
         cadences={c.name: c for c in load_cadences(settings)},

@@ -51,6 +51,30 @@ class Settings:
     lease_seconds: int = 300
     tick_seconds: int = 30
     max_attempts: int = 8
+    # Calendars. "local" writes .ics files; "google", "graph" and "caldav" write to the
+    # organisation's calendars; an organizer whose address is outside calendar_domains (when
+    # set) gets iMIP invites by email instead, as do people with "imip".
+    calendar_provider: str = "local"
+    calendar_domains: tuple[str, ...] = ()
+    google_credentials_file: str = ""  # service-account key (domain-wide delegation) or OAuth
+    google_api_endpoint: str = ""  # empty: Google's; tests point it at the local fake
+    google_token_uri: str = ""  # empty: the one in the credentials file
+    google_batch_size: int = 50
+    google_channel_ttl_seconds: int = 604800  # watch channels live 7 days at most
+    graph_tenant_id: str = ""
+    graph_client_id: str = ""
+    graph_client_secret: str = field(default="", repr=False)
+    graph_base_url: str = "https://graph.microsoft.com/v1.0"
+    graph_authority_host: str = "https://login.microsoftonline.com"
+    graph_batch_size: int = 20
+    graph_subscription_minutes: int = 4230  # Outlook events: under 3 days; read back expiry
+    caldav_url: str = ""
+    caldav_username: str = ""
+    caldav_password: str = field(default="", repr=False)
+    caldav_calendar_path: str = "{email}/checkins/"  # under caldav_url, per organizer
+    caldav_schedules: bool = False  # True: the server sends invites itself (RFC 6638)
+    http_max_attempts: int = 6  # provider calls: retries on 429, 5xx and rate-limit 403
+    http_max_backoff_seconds: int = 60
     source: str = "(defaults)"
 
     # Derived locations: one place decides where the embedded files go.
@@ -91,7 +115,14 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "source"}
-_SECRET_FIELDS = {"secret_key", "database_url", "broker_url"}
+_SECRET_FIELDS = {
+    "secret_key",
+    "database_url",
+    "broker_url",
+    "graph_client_secret",
+    "caldav_password",
+}
+CALENDAR_PROVIDERS = ("local", "google", "graph", "caldav", "imip")
 
 
 def _convert(name: str, raw: Any, origin: str) -> Any:
@@ -114,7 +145,20 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
         if not isinstance(raw, str) or not raw:
             raise problem("a directory path as a string")
         return Path(raw)
-    if isinstance(default, int) and not isinstance(default, bool):
+    if isinstance(default, bool):
+        if from_env:
+            if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise problem("true or false")
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if not isinstance(raw, bool):
+            raise problem("true or false")
+        return raw
+    if name == "calendar_domains":
+        items = [d for d in raw.split(",") if d.strip()] if from_env else raw
+        if not isinstance(items, list | tuple) or not all(isinstance(d, str) for d in items):
+            raise problem("a list of mail domains", 'e.g. ["example.com"]')
+        return tuple(d.strip().lower().lstrip("@") for d in items)
+    if isinstance(default, int):
         if from_env:
             try:
                 raw = int(raw)
@@ -156,6 +200,16 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
         ("stub", "redis://", "rediss://", "amqp://", "amqps://")
     ):
         raise problem("stub, redis://… or amqp://…")
+    if name == "calendar_provider" and raw not in CALENDAR_PROVIDERS:
+        raise problem("one of " + ", ".join(CALENDAR_PROVIDERS))
+    web_address = name.endswith(("_endpoint", "_url", "_host", "_uri"))
+    if (
+        web_address
+        and name not in ("database_url", "broker_url")
+        and raw
+        and not raw.startswith(("http://", "https://"))
+    ):
+        raise problem("an http:// or https:// URL")
     if name == "database_url" and raw and not raw.startswith(("sqlite", "postgresql")):
         raise problem("sqlite:///PATH or postgresql+psycopg://…")
     return raw

@@ -15,14 +15,14 @@ import datetime as dt
 import hashlib
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import icalendar
 from dateutil.rrule import rrulestr
 
 from automation.domain.cadence import localize, zone
-from automation.ports import SeriesEvent
+from automation.ports import EventState, SeriesEvent, SyncOutcome
 
 PRODID = "-//checkin-automation//local calendar//EN"
 
@@ -84,6 +84,8 @@ def series_components(event: SeriesEvent, stamp: dt.datetime) -> list[icalendar.
 class LocalCalendar:
     """Calendar files under one folder: ``<email>.ics`` per person."""
 
+    name = "local"
+
     def __init__(self, folder: Path):
         self.folder = folder
         self._lock = threading.Lock()
@@ -101,7 +103,19 @@ class LocalCalendar:
         cal.add("x-wr-calname", f"Check-ins: {email}")
         return cal
 
-    def write_series(self, event: SeriesEvent, stamp: dt.datetime | None = None) -> None:
+    def write_many(self, events: Sequence[SeriesEvent]) -> dict[str, str]:
+        return {event.uid: self.write_series(event) for event in events}
+
+    def sync(
+        self,
+        calendar: str,
+        cursor: str | None,
+        apply: Callable[[Sequence[EventState]], None],
+    ) -> SyncOutcome:
+        """Local files change only through us: there is nothing to read back."""
+        return SyncOutcome(cursor=cursor, full_resync=False, requests=0, events=0)
+
+    def write_series(self, event: SeriesEvent, stamp: dt.datetime | None = None) -> str:
         stamp = stamp or dt.datetime.now(dt.UTC)
         components = series_components(event, stamp)
         people = [event.organizer.email, *(a.email for a in event.attendees)]
@@ -117,6 +131,7 @@ class LocalCalendar:
                 cal.subcomponents = [*kept, *components]
                 cal.add_missing_timezones()
                 _atomic_write(self.path_for(email), cal.to_ical())
+        return event.uid
 
     def busy(
         self, emails: Sequence[str], start: dt.datetime, end: dt.datetime
