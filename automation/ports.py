@@ -63,7 +63,10 @@ class EventState:
     the changed ones. Applying a state is idempotent, so replays and duplicates are harmless.
     """
 
-    uid: str  # our series UID (iCalendar UID; Google iCalUID; Graph iCalUId)
+    uid: str | None  # our series UID (iCalendar UID; Google iCalUID), when the provider says
+    # The provider's id of the series (Graph seriesMasterId / master id) when it cannot give
+    # our UID (a removed item, a Graph instance): the service finds the series by its link.
+    series_provider_id: str | None = None
     recurrence_id: dt.datetime | None = None  # UTC original start; None: the whole series
     removed: bool = False  # deleted or cancelled in the provider
     start: dt.datetime | None = None  # UTC; for an instance, where it is now
