@@ -73,6 +73,7 @@ class Settings:
     caldav_password: str = field(default="", repr=False)
     caldav_calendar_path: str = "{email}/checkins/"  # under caldav_url, per organizer
     caldav_schedules: bool = False  # True: the server sends invites itself (RFC 6638)
+    calendar_poll_minutes: int = 15  # a sync per calendar at least this often (push or not)
     http_max_attempts: int = 6  # provider calls: retries on 429, 5xx and rate-limit 403
     http_max_backoff_seconds: int = 60
     source: str = "(defaults)"

@@ -9,6 +9,7 @@ from automation import services  # noqa: F401  (registers the task handlers)
 from automation.db import due_task_ids, migrate, transaction
 from automation.people import ensure_organization
 from automation.runtime import Runtime
+from automation.services.calendars import schedule_calendar_work
 from automation.services.inbound import poll_inbox
 from automation.services.tasks import create_task
 
@@ -34,6 +35,7 @@ class TickResult:
 def tick(rt: Runtime, limit: int = 500) -> TickResult:
     """Take in new mail, then hand every due task to the workers. Cheap when nothing is due."""
     received = poll_inbox(rt)
+    schedule_calendar_work(rt)
     with transaction(rt.factory) as session:
         ids = due_task_ids(session, rt.now(), limit)
     for task_id in ids:
@@ -65,6 +67,7 @@ def run_due(rt: Runtime, limit: int = 10_000) -> int:
     try:
         while ran < limit:
             poll_inbox(rt)
+            schedule_calendar_work(rt)
             with transaction(rt.factory) as session:
                 ids = due_task_ids(session, rt.now(), 500)
             if not ids:

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from automation import audit
+from automation.adapters.calendars import connected
 from automation.domain.cadence import Cadence, Interval, choose_slot, expand
 from automation.emails import render_text
 from automation.models import (
@@ -115,6 +116,18 @@ def _busy_by_person(
     return busy
 
 
+def _provider_busy(
+    rt: Runtime, manager: Person, employee: Person, now: dt.datetime
+) -> list[Interval]:
+    """Both people's busy times in their own calendars (all-day events, out of office, other
+    meetings), so a new series lands in a slot free for both. The embedded calendar holds
+    only our own series, which the database already knows."""
+    if rt.calendar.name in ("local", "imip") or not connected(rt.settings, manager.email):
+        return []
+    horizon = now + dt.timedelta(days=rt.settings.planning_horizon_days)
+    return list(rt.calendar.busy([manager.email, employee.email], now, horizon))
+
+
 def plan(
     rt: Runtime, session: Session, organization_id: int, horizon_days: int | None = None
 ) -> PlanResult:
@@ -166,7 +179,7 @@ def plan(
                 cadence,
                 person.timezone,
                 now,
-                busy[manager.id] + busy[person.id],
+                busy[manager.id] + busy[person.id] + _provider_busy(rt, manager, person, now),
                 rt.settings.planning_horizon_days,
             )
             for inst in expand(
@@ -449,36 +462,6 @@ def series_event(rt: Runtime, session: Session, series: CheckinSeries) -> Series
         overrides=tuple(overrides),
         cancelled=not series.active,
     )
-
-
-@handles("invite")
-def write_invite(rt: Runtime, session: Session, task: Task) -> str:
-    series = session.get(CheckinSeries, task.subject_id)
-    if series is None or series.organization_id != task.organization_id:
-        return "no-series"
-    event = series_event(rt, session, series)
-    rt.calendar.write_series(event)  # idempotent: same UID replaces the same components
-    now = rt.now()
-    for occ in session.scalars(
-        select(Occurrence).where(
-            Occurrence.organization_id == series.organization_id,
-            Occurrence.series_id == series.id,
-            Occurrence.state == OccurrenceState.PLANNED,
-        )
-    ):
-        occ.state = OccurrenceState.INVITED
-        occ.updated_at = now
-    audit.record(
-        session,
-        series.organization_id,
-        actor="worker",
-        action="series.invited",
-        subject_kind="series",
-        subject_id=series.id,
-        at=now,
-        data={"uid": series.uid, "sequence": series.sequence},
-    )
-    return "written"
 
 
 @handles("plan")
