@@ -308,6 +308,11 @@ from bench import replies as _replies  # noqa: E402
 
 _replies.register(benchmark, Result)
 
+# calendar.*: provider requests per series and sync costs against the local fakes.
+from bench import calendar_graph as _calendar_graph  # noqa: E402
+
+_calendar_graph.register(benchmark, Result)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(

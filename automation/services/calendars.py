@@ -51,6 +51,7 @@ log = logging.getLogger("automation.calendars")
 
 PUSH_PATHS = {"google": "/webhooks/google/calendar", "graph": "/webhooks/graph/calendar"}
 OPEN_STATES = (OccurrenceState.PLANNED, OccurrenceState.INVITED)
+FULL_SYNC_EVERY = dt.timedelta(days=7)
 
 
 def batch_size(rt: Runtime) -> int:
@@ -467,7 +468,7 @@ def run_calendar_sync(rt: Runtime, session: Session, task: Task) -> str:
         return "no-sync-state"
     if sync.provider != rt.calendar.name:
         return f"provider {sync.provider} is not configured (now {rt.calendar.name})"
-    return sync_calendar(rt, session, sync)
+    return sync_calendar(rt, session, sync, full=task.key.endswith(":full"))
 
 
 # --------------------------------------------------------------------------- push channels
@@ -552,7 +553,20 @@ def schedule_calendar_work(rt: Runtime) -> int:
                         now,
                         now,
                     )
-            if sync.synced_at is None or now - sync.synced_at >= poll:
+            # A weekly full round reconciles what incremental rounds cannot say (a Graph
+            # delta window that has to move forward, removals a provider did not report).
+            if sync.full_synced_at is not None and now - sync.full_synced_at >= FULL_SYNC_EVERY:
+                week = int(now.timestamp() // FULL_SYNC_EVERY.total_seconds())
+                create_task(
+                    session,
+                    sync.organization_id,
+                    "calendar_sync",
+                    f"calendar-sync:{sync.id}:week:{week}:full",
+                    sync.id,
+                    now,
+                    now,
+                )
+            elif sync.synced_at is None or now - sync.synced_at >= poll:
                 bucket = int(now.timestamp() // poll.total_seconds())
                 create_task(
                     session,
