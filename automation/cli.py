@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -57,9 +58,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     rt = _runtime(args, in_process=True)
     bootstrap(rt)
     stub = rt.settings.broker_url.startswith("stub")
-    worker = dramatiq.Worker(broker, worker_threads=args.threads) if stub else None
-    if worker:
-        worker.start()
     stopping = False
 
     def stop(*_: object) -> None:
@@ -68,10 +66,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    web = None
+    if args.port and not args.once:
+        web = _serve_in_thread(rt, args.host, args.port, verbose=args.verbose)
+        if web is None:
+            print(
+                f"automation run: could not serve the web app on {args.host}:{args.port} "
+                "(is the port in use?); choose another with --port, or --port 0 to run "
+                "without webhooks",
+                file=sys.stderr,
+            )
+            return EX_CONFIG
+    worker = dramatiq.Worker(broker, worker_threads=args.threads) if stub else None
+    if worker:
+        worker.start()
     print(
         f"automation: running on {rt.settings.database.split('@')[-1]} "
         f"({'in-process worker' if stub else 'broker ' + rt.settings.broker_url.split('@')[-1]})"
-        "; Ctrl-C stops",
+        + (f"; web app on http://{_netloc(args.host, args.port)}" if web else "")
+        + "; Ctrl-C stops",
         file=sys.stderr,
     )
     try:
@@ -95,9 +108,108 @@ def cmd_run(args: argparse.Namespace) -> int:
                     break
                 time.sleep(0.1)
     finally:
+        if web:
+            server, thread = web
+            server.should_exit = True
+            thread.join(timeout=15)
         if worker:
             worker.stop()
     return EX_OK
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _uvicorn_config(app: Any, host: str, port: int, *, verbose: bool) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        workers=1,
+        lifespan="off",
+        log_level="info" if verbose else "warning",
+        access_log=verbose,
+        server_header=False,
+        # Trust X-Forwarded-For/-Proto only from a reverse proxy on this machine.
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1,::1",
+    )
+
+
+def _serve_in_thread(rt, host: str, port: int, *, verbose: bool):  # type: ignore[no-untyped-def]
+    """Start uvicorn in a daemon thread on ``rt``; return (server, thread) once it listens,
+    or None if it could not start (e.g. the port is taken)."""
+    import threading
+
+    import uvicorn
+
+    from automation.web import create_app
+
+    server = uvicorn.Server(_uvicorn_config(create_app(rt), host, port, verbose=verbose))
+    thread = threading.Thread(target=server.run, name="automation-web", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        server.should_exit = True
+        thread.join(timeout=5)
+        return None
+    return server, thread
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve the web app (webhooks, /healthz) with uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from automation.db import migrate
+    from automation.web import create_app
+
+    rt = _runtime(args, in_process=True)
+    migrate(rt.engine)
+    if rt.settings.broker_url.startswith("stub"):
+        # No worker lives in this process: tasks wait in the database for the tick of
+        # `automation run`, instead of piling up in an in-memory queue nobody reads.
+        rt.enqueue = lambda task_id: None
+    print(
+        f"automation: web app on http://{_netloc(args.host, args.port)} "
+        f"(database {rt.settings.database.split('@')[-1]}, public base_url "
+        f"{rt.settings.base_url}); Ctrl-C stops",
+        file=sys.stderr,
+    )
+    # uvicorn handles SIGINT/SIGTERM itself, shuts down gracefully, then re-raises the signal
+    # to the handler that was installed before it: make that one harmless, so we exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    server = uvicorn.Server(
+        _uvicorn_config(create_app(rt), args.host, args.port, verbose=args.verbose)
+    )
+    with contextlib.suppress(SystemExit):  # uvicorn's "could not start" (logged above)
+        server.run()
+    if not server.started:
+        print(
+            f"automation web: could not serve on {args.host}:{args.port} (is the port in use?)",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
+    return EX_OK
+
+
+def _port(text: str, lowest: int = 0) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not lowest <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number {lowest}-65535, got {port}")
+    return port
+
+
+def _listen_port(text: str) -> int:
+    return _port(text, lowest=1)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -513,10 +625,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object of counts")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run the service: the tick, and workers on the embedded set-up")
-    p.add_argument("--once", action="store_true", help="one tick, then exit")
+    p = sub.add_parser(
+        "run",
+        help="run the service: the tick, the web app (webhooks), and workers on the embedded "
+        "set-up",
+        description="Run the service until SIGINT/SIGTERM: the tick every tick_seconds, the "
+        "web app (provider webhooks, /healthz) in a background thread, and an in-process "
+        "worker when broker_url is stub. --once runs one round of ticks and exits, without "
+        "the web app.",
+    )
+    p.add_argument("--once", action="store_true", help="one tick, then exit (no web app)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the web app listens on (default: 127.0.0.1, behind a reverse proxy)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=8080,
+        help="port of the web app (default: 8080; 0 runs without the web app)",
+    )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "web",
+        help="serve only the web app: provider webhooks and /healthz",
+        description="Serve the web app with uvicorn (one process) until SIGINT/SIGTERM: "
+        "Google and Microsoft Graph calendar webhooks, which queue sync tasks, and /healthz. "
+        "Expose it over HTTPS through a reverse proxy and set base_url to its public address. "
+        "On the embedded set-up (broker stub) the tasks it queues run in `automation run`.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, behind a reverse proxy)",
+    )
+    p.add_argument(
+        "--port", type=_listen_port, default=8080, help="port to listen on (default: 8080)"
+    )
+    p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("worker", help="start dramatiq workers on the configured broker")
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1)

@@ -43,7 +43,7 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     mail_from: str = "Check-ins <checkins@example.com>"
     reply_domain: str = "reply.example.com"
-    base_url: str = "http://localhost:8000"
+    base_url: str = "http://localhost:8080"  # the public address: links, webhooks
     default_timezone: str = "UTC"
     business_days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri")
     holidays: tuple[dt.date, ...] = ()

@@ -74,6 +74,9 @@ class MemoryCalendar:
         self.channels.append(channel)
         return channel
 
+    def stop(self, calendar, channel):  # type: ignore[no-untyped-def]
+        self.stopped.append(channel.id)
+
     def renew(self, calendar, channel, address, ttl):  # type: ignore[no-untyped-def]
         new = self.watch(calendar, address, channel.secret, ttl, channel.id + "-next")
         self.stopped.append(channel.id)
@@ -243,3 +246,31 @@ def test_the_tick_opens_renews_and_polls_once_per_window(rt, cal, clock):
     assert len(cal.channels) == 2 and cal.stopped == [cal.channels[0].id]
     with rt.factory() as session:
         assert session.scalars(select(CalendarSync)).one().channel_id == cal.channels[1].id
+
+
+def test_a_channel_nobody_holds_is_stopped_after_a_grace_period(rt, cal, clock):
+    from fastapi.testclient import TestClient
+
+    from automation.web import create_app
+
+    client = TestClient(create_app(rt))
+    headers = {
+        "X-Goog-Channel-ID": "stale-channel",
+        "X-Goog-Channel-Token": "whatever",
+        "X-Goog-Resource-ID": "res-stale",
+        "X-Goog-Resource-State": "exists",
+        "X-Goog-Message-Number": "7",
+    }
+    assert client.post("/webhooks/google/calendar", headers=headers).status_code == 200
+    run_due(rt)
+    assert "stale-channel" not in cal.stopped  # not yet: it may be one we are opening
+    clock.advance(dt.timedelta(minutes=2))
+    run_due(rt)
+    assert cal.stopped == ["stale-channel"]
+    # Our own channel is never stopped this way.
+    ours = cal.channels[0].id
+    headers |= {"X-Goog-Channel-ID": ours, "X-Goog-Channel-Token": "wrong"}
+    assert client.post("/webhooks/google/calendar", headers=headers).status_code == 401
+    clock.advance(dt.timedelta(minutes=2))
+    run_due(rt)
+    assert cal.stopped == ["stale-channel"]

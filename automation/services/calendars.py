@@ -701,3 +701,40 @@ def sync_now(
             sync = ensure_sync(session, organization_id, rt.calendar.name, calendar, rt.now())
             out.append(_status(sync, sync_calendar(rt, session, sync, full=full)))
     return out
+
+
+@handles("calendar_channel_stop")
+def stop_unknown_channel(rt: Runtime, session: Session, task: Task) -> str:
+    """Stop a Google channel that notifies us but that no calendar of ours holds (left over
+    from a crash between opening a new channel and recording it, or from an old install).
+    The webhook recorded its ids in the audit entry that is this task's subject."""
+    from automation.errors import PermanentProviderError
+    from automation.models import AuditEntry
+
+    entry = session.get(AuditEntry, task.subject_id)
+    if entry is None or entry.organization_id != task.organization_id:
+        return "no-audit-entry"
+    channel_id = str(entry.data.get("channel_id") or "")
+    resource = str(entry.data.get("resource_id") or "")
+    if not channel_id or not has_push(rt):
+        return "nothing to stop"
+    if session.scalar(select(CalendarSync.id).where(CalendarSync.channel_id == channel_id)):
+        return "channel is ours after all: kept"
+    calendars = list(
+        session.scalars(
+            select(CalendarSync.calendar).where(
+                CalendarSync.organization_id == task.organization_id,
+                CalendarSync.provider == rt.calendar.name,
+            )
+        )
+    )
+    # The channel's owner is not known; channels.stop works with the credentials of the
+    # calendar it watches, so try ours until one is accepted.
+    channel = Channel(channel_id, resource, "", rt.now())
+    for calendar in calendars:
+        try:
+            rt.calendar.stop(calendar, channel)  # type: ignore[attr-defined]
+        except PermanentProviderError:
+            continue
+        return f"stopped with {calendar}'s credentials"
+    return "could not stop: no calendar's credentials were accepted"
