@@ -598,6 +598,67 @@ def cmd_templates_list(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _print_calendars(rows: list[Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        print("no calendars yet: `automation calendars connect` sets them up")
+        return
+    width = max(len(r.calendar) for r in rows)
+    print(
+        f"{'provider':<8}  {'calendar':<{width}}  {'last sync':<20}  {'full sync':<20}  "
+        f"{'push channel until':<20}  result / error"
+    )
+    for r in rows:
+        print(
+            f"{r.provider:<8}  {r.calendar:<{width}}  {r.synced_at or '-':<20}  "
+            f"{r.full_synced_at or '-':<20}  {r.channel_expires_at or '-':<20}  "
+            f"{r.error or r.result}"
+        )
+
+
+def cmd_calendars_connect(args: argparse.Namespace) -> int:
+    """Check access to each organizer's calendar with a full sync; open push channels."""
+    from automation.services.calendars import connect_calendars
+
+    rt = _inbox_runtime(args)
+    try:
+        try:
+            rows = connect_calendars(rt, _org(rt), args.calendar)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EX_CONFIG
+    finally:
+        rt.engine.dispose()
+    _print_calendars(rows, args.json)
+    return 1 if any(r.error for r in rows) else EX_OK
+
+
+def cmd_calendars_status(args: argparse.Namespace) -> int:
+    from automation.services.calendars import calendar_status
+
+    rt = _inbox_runtime(args)
+    try:
+        rows = calendar_status(rt, _org(rt))
+    finally:
+        rt.engine.dispose()
+    _print_calendars(rows, args.json)
+    return EX_OK
+
+
+def cmd_calendars_sync(args: argparse.Namespace) -> int:
+    from automation.services.calendars import sync_now
+
+    rt = _inbox_runtime(args)
+    try:
+        rows = sync_now(rt, _org(rt), args.calendar, full=args.full)
+    finally:
+        rt.engine.dispose()
+    _print_calendars(rows, args.json)
+    return EX_OK
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from automation.db import make_engine, migrate
 
@@ -737,6 +798,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_templates_preview)
     templates.add_parser("list", help="list templates").set_defaults(func=cmd_templates_list)
 
+    calendars = sub.add_parser(
+        "calendars", help="connected calendars (Google, Microsoft 365, CalDAV)"
+    ).add_subparsers(dest="sub", required=True)
+    p = calendars.add_parser(
+        "connect",
+        help="check access to each organizer's calendar (a full sync) and open push channels",
+    )
+    p.add_argument(
+        "--calendar",
+        action="append",
+        default=[],
+        metavar="EMAIL",
+        help="only this organizer (repeatable; default: every manager with a series)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_calendars_connect)
+    p = calendars.add_parser("status", help="each calendar: last sync, full sync, push channel")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_calendars_status)
+    p = calendars.add_parser("sync", help="read changes from the calendars now")
+    p.add_argument(
+        "--calendar",
+        action="append",
+        default=[],
+        metavar="EMAIL",
+        help="only this calendar (repeatable; default: every known one)",
+    )
+    p.add_argument("--full", action="store_true", help="a full sync instead of an incremental")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_calendars_sync)
+
     db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
     return parser
@@ -756,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportRejected as exc:
         print(exc, file=sys.stderr)
         return EX_DATAERR
-    except AutomationError as exc:
+    except (AutomationError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
