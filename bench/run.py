@@ -309,8 +309,10 @@ from bench import replies as _replies  # noqa: E402
 _replies.register(benchmark, Result)
 
 # calendar.*: provider requests per series and sync costs against the local fakes.
+from bench import calendar_google as _calendar_google  # noqa: E402
 from bench import calendar_graph as _calendar_graph  # noqa: E402
 
+_calendar_google.register(benchmark, Result)
 _calendar_graph.register(benchmark, Result)
 
 
