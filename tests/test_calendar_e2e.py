@@ -1,0 +1,190 @@
+"""The service end to end against the Google Calendar fake, over real HTTP both ways.
+
+Planning writes the series through the production adapter (batched, linked); a person
+declines or moves a meeting in "Google"; the fake pushes a notice to our web app served by
+uvicorn; the notice becomes a sync task; the occurrence changes. Then the sync token expires
+and the next notice costs one full resync and changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import uvicorn
+from sqlalchemy import func, select
+
+from automation.adapters.google import event_id
+from automation.db import transaction
+from automation.models import AuditEntry, CalendarSync, CheckinSeries, Person, Task, TaskState
+from automation.people import import_people_file
+from automation.services.loop import bootstrap, run_due
+from tests.fakes.google_calendar import FakeGoogleCalendar, service_account_info
+from tests.test_loop import occurrences
+
+PEOPLE = """email,name,timezone,manager_email,hr_partner_email
+boss@acme.test,Bea Boss,America/New_York,,hr@acme.test
+hr@acme.test,Hal Hr,Europe/London,boss@acme.test,hr@acme.test
+ana@acme.test,Ana Souza,Europe/Berlin,boss@acme.test,hr@acme.test
+kai@acme.test,Kai Tanaka,Asia/Tokyo,boss@acme.test,hr@acme.test
+"""
+BOSS = "boss@acme.test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGoogleCalendar]:
+    with FakeGoogleCalendar() as server:
+        yield server
+
+
+@pytest.fixture
+def port() -> int:
+    return _free_port()
+
+
+@pytest.fixture
+def settings(settings, fake, port, tmp_path: Path):  # type: ignore[no-untyped-def]
+    key = tmp_path / "service-account.json"
+    key.write_text(json.dumps(service_account_info(fake.token_uri)))
+    return settings.with_(
+        calendar_provider="google",
+        google_credentials_file=str(key),
+        google_api_endpoint=fake.url,
+        google_token_uri=fake.token_uri,
+        base_url=f"http://127.0.0.1:{port}",
+        planning_horizon_days=70,
+    )
+
+
+@pytest.fixture
+def web(rt, port) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    from automation.web import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "the web app did not start"
+    yield
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def org(rt, web, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]
+    org_id = bootstrap(rt)
+    csv = tmp_path / "people.csv"
+    csv.write_text(PEOPLE)
+    with transaction(rt.factory) as session:
+        import_people_file(session, org_id, csv, rt.now())
+    run_due(rt)
+    return org_id
+
+
+def _series(rt, email: str) -> CheckinSeries:  # type: ignore[no-untyped-def]
+    with rt.factory() as session:
+        return session.scalars(
+            select(CheckinSeries)
+            .join(Person, Person.id == CheckinSeries.employee_id)
+            .where(Person.email == email)
+        ).one()
+
+
+def stored(fake: FakeGoogleCalendar) -> dict[str, int]:
+    return {owner: n for owner, n in fake.events_per_calendar().items() if n}
+
+
+def _sync(rt) -> CalendarSync:  # type: ignore[no-untyped-def]
+    with rt.factory() as session:
+        return session.scalars(select(CalendarSync)).one()
+
+
+def test_series_go_out_once_in_one_batch_and_keep_their_wall_clock_time(rt, org, fake):
+    assert stored(fake) == {BOSS: 3}
+    assert fake.counts["events.insert"] == 3 and fake.counts["batch"] == 1
+    # The invite job run twice more: nothing new reaches Google.
+    with transaction(rt.factory) as session:
+        for task in session.scalars(select(Task).where(Task.kind == "invite")):
+            task.state, task.due_at = TaskState.PENDING, rt.now()
+    calls = fake.requests
+    run_due(rt)
+    run_due(rt)
+    assert stored(fake) == {BOSS: 3} and fake.requests == calls
+    # Ana's meetings, as Google expands them, stay at their Berlin wall-clock time across
+    # the end of March (CET -> CEST).
+    ana = _series(rt, "ana@acme.test")
+    wall = dt.datetime.fromisoformat(ana.dtstart_local).time()
+    instances = fake.expand(BOSS, event_id(ana.uid), rt.now(), rt.now() + dt.timedelta(days=70))
+    berlin = ZoneInfo("Europe/Berlin")
+    starts = [dt.datetime.fromisoformat(i["start"]["dateTime"]) for i in instances]
+    assert len(starts) >= 3
+    assert {s.astimezone(berlin).time() for s in starts} == {wall}
+    assert len({s.astimezone(berlin).utcoffset() for s in starts}) == 2  # DST was crossed
+
+
+def test_a_decline_and_a_move_in_google_reach_the_occurrences_after_one_notice(
+    rt, org, fake, clock
+):
+    ana = _series(rt, "ana@acme.test")
+    first, second = occurrences(rt, "ana@acme.test")[:2]
+    moved_to = first.start_at + dt.timedelta(hours=3)
+    fake.move_instance(BOSS, event_id(ana.uid), first.recurrence_id, moved_to)
+    fake.respond(BOSS, event_id(ana.uid), "ana@acme.test", "declined", second.recurrence_id)
+    sync = _sync(rt)
+    assert sync.channel_id in fake.channels  # the tick opened a channel on our web app
+    list_calls = fake.counts["events.list"]
+    assert fake.notify(sync.channel_id) == 200
+    with rt.factory() as session:
+        pending = session.scalars(
+            select(Task).where(Task.kind == "calendar_sync", Task.state == TaskState.PENDING)
+        ).all()
+        assert len(pending) == 1  # the notice became one sync task
+    run_due(rt)
+    assert fake.counts["events.list"] == list_calls + 1  # one incremental page
+    after = {o.id: o for o in occurrences(rt, "ana@acme.test")}
+    assert after[first.id].start_at == moved_to
+    assert after[second.id].state == "cancelled"
+    assert after[second.id].responses["ana@acme.test"] == "DECLINED"
+
+    # The token expires: the next notice costs one full resync and repeats nothing.
+    with rt.factory() as session:
+        entries = session.scalar(select(func.count()).select_from(AuditEntry))
+    fake.expire_sync_tokens()
+    clock.advance(dt.timedelta(minutes=1))
+    list_calls = fake.counts["events.list"]
+    assert fake.notify(sync.channel_id) == 200
+    run_due(rt)
+    assert _sync(rt).full_synced_at == clock.now()
+    assert fake.counts["events.list"] == list_calls + 2  # the refused token, one full listing
+    with rt.factory() as session:
+        assert session.scalar(select(func.count()).select_from(AuditEntry)) == entries
+    again = {o.id: (o.start_at, o.state) for o in occurrences(rt, "ana@acme.test")}
+    assert again[first.id] == (moved_to, "invited") and again[second.id][1] == "cancelled"
+    assert stored(fake) == {BOSS: 3 + 1 + 1}  # masters + two exceptions
+
+
+def test_calendars_status_and_sync_commands(rt, org, fake, capsys):
+    from automation.services.calendars import calendar_status, sync_now
+
+    (row,) = calendar_status(rt, org)
+    assert row.provider == "google" and row.calendar == BOSS and row.has_cursor
+    assert row.channel_expires_at is not None and row.error is None
+    (synced,) = sync_now(rt, org, full=True)
+    assert "requests" in synced.result and synced.full_synced_at is not None
