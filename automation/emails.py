@@ -8,12 +8,13 @@ reach into Python or inject markup through a person's name.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import email.policy
 import email.utils
 import hashlib
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from automation.domain.ical import method_of
 from automation.errors import ConfigError, ConfigProblem
 
 PARTS = ("subject.txt", "body.txt", "body.html")
@@ -131,8 +133,15 @@ def build_message(
     in_reply_to: str | None = None,
     references: list[str] | None = None,
     preferences_url: str | None = None,
+    calendar: tuple[str, bytes] | None = None,
 ) -> bytes:
-    """A multipart/alternative RFC 5322 message, ready for any transport."""
+    """A multipart/alternative RFC 5322 message, ready for any transport.
+
+    ``calendar`` is ``(METHOD, ics bytes)`` for an iMIP message (RFC 6047): a third alternative
+    ``text/calendar; method=METHOD; charset=UTF-8`` after text/plain and text/html. The method
+    parameter must equal the METHOD inside (Outlook rejects a mismatch); base64 keeps the
+    CRLF line ends and 75-octet folding of the .ics intact through any relay.
+    """
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = sender
     msg["To"] = ", ".join(to)
@@ -153,6 +162,18 @@ def build_message(
         msg["List-Unsubscribe"] = f"<{preferences_url}>"
     msg.set_content(rendered.text)
     msg.add_alternative(rendered.html, subtype="html")
+    if calendar is not None:
+        method, data = calendar
+        inside = method_of(data)
+        if method.upper() != inside:
+            raise ValueError(f"calendar part: method={method} but the data says METHOD:{inside}")
+        # A compat32 part keeps the header exactly as written: the default policy would quote
+        # the parameters (method="REQUEST"), which is valid MIME but not what clients expect.
+        part = Message()
+        part["Content-Type"] = f"text/calendar; method={inside}; charset=UTF-8"
+        part["Content-Transfer-Encoding"] = "base64"
+        part.set_payload(base64.encodebytes(data).decode("ascii"))
+        msg.attach(part)
     # A boundary derived from the Message-ID keeps the whole message byte-for-byte reproducible.
     msg.set_boundary("=_" + hashlib.sha256(message_id.encode()).hexdigest()[:32])
     return msg.as_bytes()

@@ -46,12 +46,13 @@ class Runtime:
 
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     engine = make_engine(settings.database)
+    clock = clock or SystemClock()
     return Runtime(
         settings=settings,
         engine=engine,
         factory=session_factory(engine),
-        clock=clock or SystemClock(),
-        calendar=build_calendar(settings),
+        clock=clock,
+        calendar=build_calendar(settings, clock),
         sender=MaildirSender(settings.outbox),
         inbox=MaildirInbox(settings.inbox),
         cadences={c.name: c for c in load_cadences(settings)},

@@ -148,6 +148,20 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "person": _MANAGER,
         "reason": "5.1.1 smtp; 550 5.1.1 <zoe.obrien@example.com>: Recipient address rejected",
     },
+    "invite": {
+        **_common(_EMPLOYEE),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        # As automation.services.imip words it; "method" is "REQUEST" or "CANCEL".
+        "invite": {
+            "method": "REQUEST",
+            "updated": False,
+            "title": _OCCURRENCE["title"],
+            "schedule": "Every 2 weeks on Tuesday, 10:00 (Europe/Berlin)",
+            "next": _OCCURRENCE["when"],
+            "duration_minutes": 30,
+        },
+    },
     "invite/description.txt": {
         "org": _ORG,
         "manager": _MANAGER,

@@ -143,6 +143,8 @@ def test_demo_runs_the_whole_loop_deterministically(env, tmp_path):
     mail_one = sorted(p.read_bytes() for p in (tmp_path / "one/mail/outbox/new").iterdir())
     mail_two = sorted(p.read_bytes() for p in (tmp_path / "two/mail/outbox/new").iterdir())
     assert mail_one == mail_two  # same seed, byte-identical mail
+    for feed in (tmp_path / "one" / "calendars").glob("*.ics"):  # and calendars (DTSTAMP too)
+        assert feed.read_bytes() == (tmp_path / "two" / "calendars" / feed.name).read_bytes()
 
 
 def test_run_once_plans_and_writes_calendars_on_the_embedded_default(env, tmp_path):

@@ -35,6 +35,7 @@ EMAILS = [
     "pip_review",
     "quarantine_notice",
     "address_failing",
+    "invite",
 ]
 DESCRIPTION = "invite/description.txt"
 NUMBERED = re.compile(r"^(\d+)\. (.+)$", re.MULTILINE)

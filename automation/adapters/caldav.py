@@ -72,7 +72,7 @@ from caldav.elements import cdav, dav
 from lxml import etree
 
 from automation.adapters.http import Retry, retry_from_settings, send
-from automation.adapters.local import series_components
+from automation.domain.ical import series_components, with_timezones
 from automation.errors import PermanentProviderError, TransientProviderError
 from automation.ports import NEEDS_ACTION, EventState, SeriesEvent, SyncOutcome
 
@@ -212,9 +212,9 @@ def _calendar_bytes(
     """The series as one stored CalDAV resource: VCALENDAR without METHOD, the master VEVENT,
     its RECURRENCE-ID instances and EXDATEs, and a VTIMEZONE for every TZID.
 
-    The one place that builds the body (and the VTIMEZONE: ``add_missing_timezones`` for
-    now). ``current`` is the stored copy when updating (see :func:`_keep_theirs`);
-    ``schedules`` False marks attendees SCHEDULE-AGENT=CLIENT so the server stays silent."""
+    The one place that builds the body and its VTIMEZONEs. ``current`` is the stored copy
+    when updating (see :func:`_keep_theirs`); ``schedules`` False marks attendees
+    SCHEDULE-AGENT=CLIENT so the server stays silent."""
     components = series_components(event, stamp)
     if current is not None:
         components = _keep_theirs(components, current, event.sequence)
@@ -227,22 +227,9 @@ def _calendar_bytes(
     cal.add("version", "2.0")
     for component in components:
         cal.add_component(component)
-    cal.add_missing_timezones()
-    # Stopgap until the RRULE-based VTIMEZONE: vobject 0.9.9 (and so Radicale, which stores
-    # what vobject re-serializes) keeps only the first value of a comma-separated RDATE, which
-    # turns add_missing_timezones()' RDATE lists into a zone without DST after 1981. One
-    # RDATE per line survives both.
-    for timezone in cal.walk("VTIMEZONE"):
-        for rule in timezone.subcomponents:
-            if "rdate" not in rule:
-                continue
-            value = rule["rdate"]
-            moments = [
-                d.dt for item in (value if isinstance(value, list) else [value]) for d in item.dts
-            ]
-            del rule["rdate"]
-            for moment in moments:
-                rule.add("rdate", moment)
+    # RRULE-based STANDARD/DAYLIGHT rules, as Google and Outlook write them: RDATE-list zones
+    # are misread by ical.js and lose their DST in vobject (and so in Radicale's copy).
+    with_timezones(cal)
     return cal.to_ical()
 
 

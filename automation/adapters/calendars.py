@@ -5,11 +5,12 @@ Imports are lazy: the embedded default never loads the Google, Graph or CalDAV l
 
 from __future__ import annotations
 
+from automation.clock import Clock
 from automation.ports import CalendarProvider
 from automation.settings import Settings
 
 
-def build_calendar(settings: Settings) -> CalendarProvider:
+def build_calendar(settings: Settings, clock: Clock | None = None) -> CalendarProvider:
     """The provider named by ``calendar_provider``. "imip" keeps the local files as the
     service's own copy and sends invites by email (see automation.services.calendars)."""
     name = settings.calendar_provider
@@ -27,7 +28,7 @@ def build_calendar(settings: Settings) -> CalendarProvider:
         return CalDavCalendar.from_settings(settings)
     from automation.adapters.local import LocalCalendar
 
-    return LocalCalendar(settings.calendars)
+    return LocalCalendar(settings.calendars, clock.now if clock else None)
 
 
 def connected(settings: Settings, organizer: str) -> bool:

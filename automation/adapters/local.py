@@ -2,7 +2,8 @@
 
 Calendars: one ``<email>.ics`` per person, a feed any calendar client can subscribe to. Each
 write replaces the components of one UID in each participant's file, atomically (write to a
-temporary file, then rename), so a reader never sees half a calendar.
+temporary file, then rename), so a reader never sees half a calendar. The VEVENTs and the
+RRULE-based VTIMEZONEs come from :mod:`automation.domain.ical`, as for the iMIP invites.
 
 Mail: outgoing messages land in a Maildir named after a hash of their Message-ID, which is
 what lets a retry see that an earlier attempt already sent the message. Incoming messages are
@@ -21,7 +22,9 @@ from pathlib import Path
 import icalendar
 from dateutil.rrule import rrulestr
 
-from automation.domain.cadence import localize, zone
+from automation.domain.cadence import localize
+from automation.domain.ical import series_calendar, with_timezones
+from automation.domain.ical import series_components as series_components  # moved; re-exported
 from automation.ports import EventState, SeriesEvent, SyncOutcome
 
 PRODID = "-//checkin-automation//local calendar//EN"
@@ -34,61 +37,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def series_components(event: SeriesEvent, stamp: dt.datetime) -> list[icalendar.Event]:
-    """The master VEVENT plus one per moved instance (RECURRENCE-ID), per RFC 5545."""
-    tz = zone(event.timezone)
-    start = localize(event.dtstart_local, tz)
-    master = icalendar.Event()
-    master.add("uid", event.uid)
-    master.add("sequence", event.sequence)
-    master.add("dtstamp", stamp)
-    master.add("dtstart", start)
-    master.add("dtend", start + dt.timedelta(minutes=event.duration_minutes))
-    master.add("rrule", icalendar.vRecur.from_ical(event.rrule))
-    master.add("summary", event.summary)
-    master.add("description", event.description)
-    master.add("status", "CANCELLED" if event.cancelled else "CONFIRMED")
-    organizer = icalendar.vCalAddress(f"mailto:{event.organizer.email}")
-    organizer.params["cn"] = event.organizer.name
-    master.add("organizer", organizer)
-    for person in event.attendees:
-        attendee = icalendar.vCalAddress(f"mailto:{person.email}")
-        attendee.params.update(
-            {
-                "cn": person.name,
-                "role": "REQ-PARTICIPANT",
-                "partstat": "NEEDS-ACTION",
-                "rsvp": "TRUE",
-            }
-        )
-        master.add("attendee", attendee)
-    moved = []
-    for o in event.overrides:
-        original = o.recurrence_id.astimezone(tz)
-        if o.cancelled:
-            master.add("exdate", original)
-            continue
-        instance = icalendar.Event()
-        for key in ("uid", "sequence", "summary", "description", "organizer", "attendee"):
-            if key in master:
-                instance[key] = master[key]
-        instance.add("dtstamp", stamp)
-        instance.add("recurrence-id", original)
-        instance.add("dtstart", o.start.astimezone(tz))
-        instance.add("dtend", o.end.astimezone(tz))
-        instance.add("status", "CONFIRMED")
-        moved.append(instance)
-    return [master, *moved]
-
-
 class LocalCalendar:
     """Calendar files under one folder: ``<email>.ics`` per person."""
 
     name = "local"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, now: Callable[[], dt.datetime] | None = None):
         self.folder = folder
         self._lock = threading.Lock()
+        # DTSTAMP comes from the service's clock, so a simulated run writes the same bytes.
+        self._now = now or (lambda: dt.datetime.now(dt.UTC))
 
     def path_for(self, email: str) -> Path:
         return self.folder / f"{email.lower()}.ics"
@@ -116,8 +74,9 @@ class LocalCalendar:
         return SyncOutcome(cursor=cursor, full_resync=False, requests=0, events=0)
 
     def write_series(self, event: SeriesEvent, stamp: dt.datetime | None = None) -> str:
-        stamp = stamp or dt.datetime.now(dt.UTC)
-        components = series_components(event, stamp)
+        stamp = stamp or self._now()
+        # The same VEVENTs as an iMIP invite, without METHOD (a published calendar file).
+        components = [c for c in series_calendar(event, stamp).subcomponents if c.name == "VEVENT"]
         people = [event.organizer.email, *(a.email for a in event.attendees)]
         with self._lock:
             for email in dict.fromkeys(p.lower() for p in people):
@@ -129,7 +88,8 @@ class LocalCalendar:
                     and c.name != "VTIMEZONE"
                 ]
                 cal.subcomponents = [*kept, *components]
-                cal.add_missing_timezones()
+                # RRULE-based VTIMEZONEs for every zone the file uses (never RDATE lists).
+                with_timezones(cal)
                 _atomic_write(self.path_for(email), cal.to_ical())
         return event.uid
 

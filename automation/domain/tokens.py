@@ -14,7 +14,7 @@ import hmac
 import re
 from dataclasses import dataclass
 
-KINDS = {"o": "occurrence", "r": "pip_review"}
+KINDS = {"o": "occurrence", "r": "pip_review", "s": "series"}
 _SIG_LEN = 20  # 100 bits of base32
 _TOKEN = re.compile(rf"\+(\d+)-([a-z])(\d+)-([a-z2-7]{{{_SIG_LEN}}})@", re.IGNORECASE)
 
@@ -22,7 +22,7 @@ _TOKEN = re.compile(rf"\+(\d+)-([a-z])(\d+)-([a-z2-7]{{{_SIG_LEN}}})@", re.IGNOR
 @dataclass(frozen=True)
 class ReplyToken:
     organization_id: int
-    kind: str  # "occurrence" | "pip_review"
+    kind: str  # "occurrence" | "pip_review" | "series" (the ORGANIZER of an iMIP invite)
     subject_id: int
 
 

@@ -205,6 +205,13 @@ def write_invites(rt: Runtime, session: Session, task: Task) -> str:
         _mark_invited(session, series, now)
         _audit_invite(session, series, now, provider)
     emailed = 0
+    if provider == "caldav" and not rt.settings.caldav_schedules and todo:
+        # The series is in the organizer's CalDAV calendar, but this server does not send
+        # invitations (RFC 6638 scheduling is off): the other attendees get iMIP email.
+        from automation.services.imip import queue_invites
+
+        for series, event in todo.values():
+            emailed += len(queue_invites(rt, session, series, event, skip=[event.calendar]))
     for series in by_email:
         from automation.services.imip import queue_invites
 

@@ -10,6 +10,10 @@ bug can never lose a manager's words. Then the ``ingest`` task decides, in this 
   ``people.mail_failing_since`` and ``mail_failing_reason``, and their HR partner one
   ``address_failing`` email a day. Nothing clears the flag yet: a successful delivery is not
   observable with the current mail adapters, and a people import leaves it as it is.
+* **calendar answers**: a text/calendar METHOD:REPLY for one of our series (an attendee
+  accepting or declining an iMIP invite) is **recorded** by
+  :func:`automation.services.imip.apply_replies`, or **quarantined** with the reason
+  (unknown UID, sender not the ATTENDEE, not a participant, invalid REPLY).
 * **auto_reply**: an out-of-office, Exchange automatic reply or bulk mail. Linked to the
   check-in it answers when its token or threading resolves, but it documents nothing and the
   escalation ladder runs on.
@@ -63,6 +67,7 @@ from automation.models import (
 )
 from automation.replies import Extraction, ParsedEmail, decode_message, extract
 from automation.runtime import Runtime
+from automation.services import imip
 from automation.services.escalation import PIP_QUESTIONS, load_subject
 from automation.services.messages import (
     load_checkin,
@@ -504,6 +509,10 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
     released = message.released_at is not None
     if parsed.bounce and not released:
         return _bounce(rt, session, message, parsed)
+    # A calendar answer (iMIP METHOD:REPLY) to one of our invites carries no reply token.
+    calendar_reply = imip.find_reply(message.raw)
+    if calendar_reply is not None:
+        return _calendar_reply(rt, session, message, parsed, calendar_reply)
     token = _resolve(rt, session, message, parsed)
     if parsed.auto_reply and not released:
         # Kept as what it is, on the check-in it answers, and it changes nothing there: the
@@ -609,6 +618,54 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
     return f"recorded v{record.version}" + (
         f" by {author.email} on behalf of {on_behalf_of.email}" if on_behalf_of else ""
     )
+
+
+def _calendar_reply(
+    rt: Runtime,
+    session: Session,
+    message: InboundMessage,
+    parsed: ParsedEmail,
+    found: tuple[imip.ImipReply, ...] | str,
+) -> str:
+    """Apply an attendee's calendar answer; quarantine it with the reason when it must not
+    count (unknown UID, sender not the ATTENDEE, not a participant, invalid REPLY)."""
+    sender = message.attributed_to or parsed.from_address
+    try:
+        if isinstance(found, str):
+            raise imip.ReplyRefused(found)
+        if sender is None:
+            raise imip.ReplyRefused("no usable From address")
+        # A REPLY goes to the invite's ORGANIZER, which carries the series' signed token:
+        # without it, a forged From could answer for someone else.
+        try:
+            token = find_token(rt.settings.signing_key(), list(parsed.to))
+        except ForgedToken:
+            raise imip.ReplyRefused(
+                "forged organizer token: the calendar reply address's signature does not match"
+            ) from None
+        if (
+            token is None
+            or token.kind != "series"
+            or token.organization_id != message.organization_id
+        ):
+            raise imip.ReplyRefused(
+                "calendar reply not sent to the signed organizer address of an invite of ours"
+            )
+        result = imip.apply_replies(
+            rt,
+            session,
+            found,
+            sender,
+            organization_id=message.organization_id,
+            series_id=token.subject_id,
+        )
+    except imip.ReplyRefused as exc:
+        return _quarantine(session, rt, message, str(exc))
+    message.state = InboundState.RECORDED
+    message.quarantine_reason = None
+    message.processed_at = rt.now()
+    message.occurrence_id = result.occurrence_id
+    return f"recorded calendar reply: {result}"
 
 
 # --- operator release --------------------------------------------------------------------

@@ -64,8 +64,10 @@ def queue_email(
     in_reply_to: str | None = None,
     occurrence_id: int | None = None,
     pip_review_id: int | None = None,
+    calendar: tuple[str, bytes] | None = None,
 ) -> OutboundMessage:
-    """Put one email in the outbox (once per key) and schedule its sending."""
+    """Put one email in the outbox (once per key) and schedule its sending. ``calendar`` is
+    an iMIP part, ``(METHOD, ics bytes)`` (see :func:`automation.emails.build_message`)."""
     existing = session.scalar(
         select(OutboundMessage).where(
             OutboundMessage.organization_id == organization_id,
@@ -94,6 +96,7 @@ def queue_email(
         in_reply_to=in_reply_to,
         references=[in_reply_to] if in_reply_to else None,
         preferences_url=context["preferences_url"],
+        calendar=calendar,
     )
     message = OutboundMessage(
         organization_id=organization_id,
