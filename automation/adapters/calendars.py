@@ -21,7 +21,8 @@ def build_calendar(settings: Settings, clock: Clock | None = None) -> CalendarPr
     if name == "graph":
         from automation.adapters.graph import GraphCalendar
 
-        return GraphCalendar.from_settings(settings)
+        # The delta window follows the service's clock (a simulated one in tests and the demo).
+        return GraphCalendar.from_settings(settings, clock.now if clock else None)
     if name == "caldav":
         from automation.adapters.caldav import CalDavCalendar
 

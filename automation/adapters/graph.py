@@ -647,7 +647,9 @@ class GraphCalendar:
         self.requests = _Counter()  # every HTTP request this instance made (token calls apart)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> GraphCalendar:
+    def from_settings(
+        cls, settings: Any, now: Callable[[], dt.datetime] | None = None
+    ) -> GraphCalendar:
         missing = [
             name
             for name in ("graph_tenant_id", "graph_client_id", "graph_client_secret")
@@ -677,6 +679,7 @@ class GraphCalendar:
             batch_size=max(1, min(settings.graph_batch_size, BATCH_LIMIT)),
             retry=retry_from_settings(settings),
             subscription_minutes=settings.graph_subscription_minutes,
+            now=now,
         )
 
     # ------------------------------------------------------------------ plumbing

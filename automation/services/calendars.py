@@ -550,7 +550,10 @@ def schedule_calendar_work(rt: Runtime) -> int:
                 ttl = channel_ttl(rt)
                 expires = sync.channel_expires_at
                 if expires is None or expires - now < ttl / 4:
-                    stamp = expires.isoformat() if expires else "none"
+                    # Keyed by the expiry it renews, and by day when there is no channel,
+                    # so a refused subscription (say, base_url not public yet) is tried
+                    # again tomorrow rather than never.
+                    stamp = expires.isoformat() if expires else f"none:{now.date()}"
                     create_task(
                         session,
                         sync.organization_id,
