@@ -130,6 +130,8 @@ def test_series_go_out_once_in_one_batch_and_keep_their_wall_clock_time(rt, org,
     # Ana's meetings, as Google expands them, stay at their Berlin wall-clock time across
     # the end of March (CET -> CEST).
     ana = _series(rt, "ana@acme.test")
+    # With an empty calendar Ana's first meeting is in the first week (see the next test).
+    assert occurrences(rt, "ana@acme.test")[0].start_at < dt.datetime(2026, 3, 7, tzinfo=dt.UTC)
     wall = dt.datetime.fromisoformat(ana.dtstart_local).time()
     instances = fake.expand(BOSS, event_id(ana.uid), rt.now(), rt.now() + dt.timedelta(days=70))
     berlin = ZoneInfo("Europe/Berlin")
@@ -188,3 +190,28 @@ def test_calendars_status_and_sync_commands(rt, org, fake, capsys):
     assert row.channel_expires_at is not None and row.error is None
     (synced,) = sync_now(rt, org, full=True)
     assert "requests" in synced.result and synced.full_synced_at is not None
+
+
+def test_a_new_series_avoids_the_peoples_all_day_events_and_out_of_office(rt, web, fake, tmp_path):
+    """Planning asks Google for both people's busy times: Ana is on an all-day offsite on
+    Monday and Tuesday and out of office for the rest of the first week, and Bea is busy
+    every morning, so no meeting lands there."""
+    start = rt.now().date()  # Monday 2 March 2026
+    fake.seed_event("ana@acme.test", start=start, end=start + dt.timedelta(days=2))
+    fake.seed_event(
+        "ana@acme.test",
+        start=dt.datetime(2026, 3, 4, 0, 0, tzinfo=dt.UTC),
+        end=dt.datetime(2026, 3, 7, 0, 0, tzinfo=dt.UTC),
+        event_type="outOfOffice",
+    )
+    org_id = bootstrap(rt)
+    csv = tmp_path / "people.csv"
+    csv.write_text(PEOPLE)
+    with transaction(rt.factory) as session:
+        import_people_file(session, org_id, csv, rt.now())
+    run_due(rt)
+    first = occurrences(rt, "ana@acme.test")[0]
+    assert first.start_at >= dt.datetime(2026, 3, 7, tzinfo=dt.UTC), first.start_at
+    # Without those events the first meeting is in the first week (as for Kai, whose
+    # calendar is empty).
+    assert occurrences(rt, "kai@acme.test")[0].start_at < dt.datetime(2026, 3, 7, tzinfo=dt.UTC)
