@@ -92,3 +92,29 @@ def rt(settings: Settings, clock: SimulatedClock):  # type: ignore[no-untyped-de
     runtime = build_runtime(settings, clock)
     yield runtime
     runtime.engine.dispose()
+
+
+# The small organisation most loop tests use: a manager in New York with reports in London,
+# Berlin and Tokyo (three zones, both 2026 DST changes inside the first weeks).
+ACME_PEOPLE = """email,name,timezone,manager_email,hr_partner_email
+boss@acme.test,Bea Boss,America/New_York,,hr@acme.test
+hr@acme.test,Hal Hr,Europe/London,boss@acme.test,hr@acme.test
+ana@acme.test,Ana Souza,Europe/Berlin,boss@acme.test,hr@acme.test
+kai@acme.test,Kai Tanaka,Asia/Tokyo,boss@acme.test,hr@acme.test
+"""
+
+
+def start_organization(rt, folder: Path, people: str = ACME_PEOPLE) -> int:  # type: ignore[no-untyped-def]
+    """Migrate, import ``people`` (CSV text) and run everything that falls due: the series
+    are planned and invited. Returns the organization's id."""
+    from automation.db import transaction
+    from automation.people import import_people_file
+    from automation.services.loop import bootstrap, run_due
+
+    org_id = bootstrap(rt)
+    csv = folder / "people.csv"
+    csv.write_text(people)
+    with transaction(rt.factory) as session:
+        import_people_file(session, org_id, csv, rt.now())
+    run_due(rt)
+    return org_id

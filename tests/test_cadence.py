@@ -221,3 +221,14 @@ def test_business_days_skip_weekends_and_holidays_in_the_persons_zone():
 def test_parse_when(text, expected):
     now = dt.datetime(2026, 3, 4, 17, 0)  # Wednesday evening
     assert parse_when(text, now, dt.time(10, 0)) == expected
+
+
+def test_merge_intervals_joins_overlapping_and_touching_busy_times():
+    from automation.domain.cadence import merge_intervals
+
+    t = [dt.datetime(2026, 3, 2, h, tzinfo=dt.UTC) for h in range(12)]
+    merged = merge_intervals(
+        [(t[5], t[7]), (t[1], t[3]), (t[2], t[4]), (t[4], t[5]), (t[9], t[10])]
+    )
+    assert merged == [(t[1], t[7]), (t[9], t[10])]
+    assert merge_intervals([]) == []

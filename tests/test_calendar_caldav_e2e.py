@@ -19,20 +19,15 @@ from sqlalchemy import select
 
 from automation.db import transaction
 from automation.models import CalendarLink, CheckinSeries, OutboundMessage, Person, Task, TaskState
-from automation.people import import_people_file
 from automation.services.calendars import sync_now
-from automation.services.loop import bootstrap, run_due
+from automation.services.loop import run_due
+from tests.conftest import ACME_PEOPLE, start_organization
 from tests.fakes.radicale_server import RadicaleServer, radicale_fixture
 from tests.test_loop import occurrences
 
 radicale = radicale_fixture()
 
-PEOPLE = """email,name,timezone,manager_email,hr_partner_email
-boss@acme.test,Bea Boss,America/New_York,,hr@acme.test
-hr@acme.test,Hal Hr,Europe/London,boss@acme.test,hr@acme.test
-ana@acme.test,Ana Souza,Europe/Berlin,boss@acme.test,hr@acme.test
-kai@acme.test,Kai Tanaka,Asia/Tokyo,boss@acme.test,hr@acme.test
-"""
+PEOPLE = ACME_PEOPLE
 BOSS = "boss@acme.test"
 
 
@@ -51,13 +46,7 @@ def settings(settings, radicale: RadicaleServer):  # type: ignore[no-untyped-def
 
 @pytest.fixture
 def org(rt, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]
-    org_id = bootstrap(rt)
-    csv = tmp_path / "people.csv"
-    csv.write_text(PEOPLE)
-    with transaction(rt.factory) as session:
-        import_people_file(session, org_id, csv, rt.now())
-    run_due(rt)
-    return org_id
+    return start_organization(rt, tmp_path, PEOPLE)
 
 
 @pytest.fixture

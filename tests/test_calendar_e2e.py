@@ -24,17 +24,12 @@ from sqlalchemy import func, select
 from automation.adapters.google import event_id
 from automation.db import transaction
 from automation.models import AuditEntry, CalendarSync, CheckinSeries, Person, Task, TaskState
-from automation.people import import_people_file
-from automation.services.loop import bootstrap, run_due
+from automation.services.loop import run_due
+from tests.conftest import ACME_PEOPLE, start_organization
 from tests.fakes.google_calendar import FakeGoogleCalendar, service_account_info
 from tests.test_loop import occurrences
 
-PEOPLE = """email,name,timezone,manager_email,hr_partner_email
-boss@acme.test,Bea Boss,America/New_York,,hr@acme.test
-hr@acme.test,Hal Hr,Europe/London,boss@acme.test,hr@acme.test
-ana@acme.test,Ana Souza,Europe/Berlin,boss@acme.test,hr@acme.test
-kai@acme.test,Kai Tanaka,Asia/Tokyo,boss@acme.test,hr@acme.test
-"""
+PEOPLE = ACME_PEOPLE
 BOSS = "boss@acme.test"
 
 
@@ -89,13 +84,7 @@ def web(rt, port) -> Iterator[None]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def org(rt, web, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]
-    org_id = bootstrap(rt)
-    csv = tmp_path / "people.csv"
-    csv.write_text(PEOPLE)
-    with transaction(rt.factory) as session:
-        import_people_file(session, org_id, csv, rt.now())
-    run_due(rt)
-    return org_id
+    return start_organization(rt, tmp_path, PEOPLE)
 
 
 def _series(rt, email: str) -> CheckinSeries:  # type: ignore[no-untyped-def]
@@ -204,12 +193,7 @@ def test_a_new_series_avoids_the_peoples_all_day_events_and_out_of_office(rt, we
         end=dt.datetime(2026, 3, 7, 0, 0, tzinfo=dt.UTC),
         event_type="outOfOffice",
     )
-    org_id = bootstrap(rt)
-    csv = tmp_path / "people.csv"
-    csv.write_text(PEOPLE)
-    with transaction(rt.factory) as session:
-        import_people_file(session, org_id, csv, rt.now())
-    run_due(rt)
+    start_organization(rt, tmp_path, PEOPLE)
     first = occurrences(rt, "ana@acme.test")[0]
     assert first.start_at >= dt.datetime(2026, 3, 7, tzinfo=dt.UTC), first.start_at
     # Without those events the first meeting is in the first week (as for Kai, whose

@@ -32,6 +32,7 @@ from automation.ports import (
 )
 from automation.services.calendars import schedule_calendar_work, sync_now
 from automation.services.loop import run_due
+from tests.conftest import start_organization
 from tests.test_loop import occurrences
 
 
@@ -83,14 +84,6 @@ class MemoryCalendar:
         return new
 
 
-PEOPLE = """email,name,timezone,manager_email,hr_partner_email
-boss@acme.test,Bea Boss,America/New_York,,hr@acme.test
-hr@acme.test,Hal Hr,Europe/London,boss@acme.test,hr@acme.test
-ana@acme.test,Ana Souza,Europe/Berlin,boss@acme.test,hr@acme.test
-kai@acme.test,Kai Tanaka,Asia/Tokyo,boss@acme.test,hr@acme.test
-"""
-
-
 @pytest.fixture
 def settings(settings):  # type: ignore[no-untyped-def]
     return settings.with_(planning_horizon_days=70)  # enough meetings of a fortnightly series
@@ -98,17 +91,9 @@ def settings(settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def cal(rt, tmp_path) -> MemoryCalendar:  # type: ignore[no-untyped-def]
-    from automation.people import import_people_file
-    from automation.services.loop import bootstrap
-
     memory = MemoryCalendar()
     rt.calendar = memory
-    org_id = bootstrap(rt)
-    csv = tmp_path / "people.csv"
-    csv.write_text(PEOPLE)
-    with transaction(rt.factory) as session:
-        import_people_file(session, org_id, csv, rt.now())
-    run_due(rt)
+    start_organization(rt, tmp_path)
     return memory
 
 

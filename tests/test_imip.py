@@ -31,18 +31,18 @@ from automation.models import (
     Person,
     Task,
 )
-from automation.people import import_people_file
 from automation.services.imip import (
     ORGANIZER_MAILBOX,
     describe_schedule,
     invite_key,
     queue_invites,
 )
-from automation.services.loop import bootstrap, run_due
+from automation.services.loop import run_due
 from automation.services.messages import sender_domain
 from automation.services.planning import series_event
 from automation.settings import PROJECT_ROOT
 from automation.template_samples import MANAGER_NAME, sample_context
+from tests.conftest import start_organization
 from tests.test_loop import PEOPLE, occurrences
 
 ORGANIZER = f"{ORGANIZER_MAILBOX}@reply.example.com"
@@ -56,14 +56,8 @@ def settings(settings):
 
 
 @pytest.fixture
-def org(rt, tmp_path: Path) -> int:
-    org_id = bootstrap(rt)
-    csv = tmp_path / "people.csv"
-    csv.write_text(PEOPLE)
-    with transaction(rt.factory) as session:
-        import_people_file(session, org_id, csv, rt.now())
-    run_due(rt)
-    return org_id
+def org(rt, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]
+    return start_organization(rt, tmp_path, PEOPLE)
 
 
 def outbox(rt, *kinds: str) -> list[OutboundMessage]:

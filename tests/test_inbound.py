@@ -35,6 +35,7 @@ from automation.runtime import build_runtime
 from automation.services.inbound import delivery_report
 from automation.services.loop import bootstrap, run_due
 from automation.settings import PROJECT_ROOT
+from tests.conftest import start_organization
 
 PEOPLE = """email,name,timezone,manager_email,hr_partner_email
 boss@acme.test,Bea Boss,America/New_York,,hr@acme.test
@@ -45,14 +46,8 @@ asa@acme.test,Asa Assistant,America/New_York,hr@acme.test,hr@acme.test
 
 
 @pytest.fixture
-def org(rt, tmp_path: Path) -> int:
-    org_id = bootstrap(rt)
-    csv = tmp_path / "people.csv"
-    csv.write_text(PEOPLE)
-    with transaction(rt.factory) as session:
-        import_people_file(session, org_id, csv, rt.now())
-    run_due(rt)
-    return org_id
+def org(rt, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]
+    return start_organization(rt, tmp_path, PEOPLE)
 
 
 @pytest.fixture

@@ -28,25 +28,15 @@ from automation.models import (
     TaskState,
 )
 from automation.people import import_people_file
-from automation.services.loop import bootstrap, run_due, tick
+from automation.services.loop import run_due, tick
+from tests.conftest import ACME_PEOPLE, start_organization
 
-PEOPLE = """email,name,timezone,manager_email,hr_partner_email
-boss@acme.test,Bea Boss,America/New_York,,hr@acme.test
-hr@acme.test,Hal Hr,Europe/London,boss@acme.test,hr@acme.test
-ana@acme.test,Ana Souza,Europe/Berlin,boss@acme.test,hr@acme.test
-kai@acme.test,Kai Tanaka,Asia/Tokyo,boss@acme.test,hr@acme.test
-"""
+PEOPLE = ACME_PEOPLE
 
 
 @pytest.fixture
-def org(rt, tmp_path: Path) -> int:
-    org_id = bootstrap(rt)
-    csv = tmp_path / "people.csv"
-    csv.write_text(PEOPLE)
-    with transaction(rt.factory) as session:
-        import_people_file(session, org_id, csv, rt.now())
-    run_due(rt)
-    return org_id
+def org(rt, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]
+    return start_organization(rt, tmp_path, PEOPLE)
 
 
 def outbox(rt, kind: str | None = None) -> list[OutboundMessage]:

@@ -72,6 +72,7 @@ from caldav.elements import cdav, dav
 from lxml import etree
 
 from automation.adapters.http import Retry, retry_from_settings, send
+from automation.domain.cadence import merge_intervals
 from automation.domain.ical import series_components, with_timezones
 from automation.errors import PermanentProviderError, TransientProviderError
 from automation.ports import NEEDS_ACTION, EventState, SeriesEvent, SyncOutcome
@@ -388,18 +389,6 @@ def _props(response: etree._Element) -> tuple[str, int, dict[str, str]]:
             else:
                 found[name] = child.text or ""
     return href, status, found
-
-
-def _merge(
-    intervals: list[tuple[dt.datetime, dt.datetime]],
-) -> list[tuple[dt.datetime, dt.datetime]]:
-    out: list[tuple[dt.datetime, dt.datetime]] = []
-    for start, end in sorted(intervals):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
 
 
 # --------------------------------------------------------------------------- the provider
@@ -788,7 +777,7 @@ class CalDavCalendar:
             if found is None:
                 found = self._scan(url, start, end)
             out.extend(found)
-        return _merge(out)
+        return merge_intervals(out)
 
     def _free_busy_report(
         self, url: str, start: dt.datetime, end: dt.datetime

@@ -54,7 +54,7 @@ from automation.adapters.http import (
     chunks,
     retry_from_settings,
 )
-from automation.domain.cadence import localize, zone
+from automation.domain.cadence import localize, merge_intervals, zone
 from automation.errors import (
     ConfigError,
     ConfigProblem,
@@ -761,7 +761,7 @@ class GoogleCalendar:
                         b_start, b_end = _aware(item["start"]), _aware(item["end"])
                         if b_start < hi and b_end > lo:
                             out.append((max(b_start, lo), min(b_end, hi)))
-        return _merge(out)
+        return merge_intervals(out)
 
     # ------------------------------------------------------------------ push channels
 
@@ -895,15 +895,3 @@ def _windows(
         hi = min(lo + size, end)
         yield lo, hi
         lo = hi
-
-
-def _merge(
-    intervals: Sequence[tuple[dt.datetime, dt.datetime]],
-) -> list[tuple[dt.datetime, dt.datetime]]:
-    out: list[tuple[dt.datetime, dt.datetime]] = []
-    for s, e in sorted(intervals):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out

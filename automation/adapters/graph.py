@@ -73,6 +73,7 @@ from zoneinfo import ZoneInfo
 import requests
 
 from automation.adapters.http import Failure, Retry, chunks, retry_from_settings, send
+from automation.domain.cadence import merge_intervals
 from automation.errors import (
     ConfigError,
     ConfigProblem,
@@ -426,18 +427,6 @@ def split_window(
     while start < end:
         out.append((start, min(start + size, end)))
         start += size
-    return out
-
-
-def merge(
-    intervals: list[tuple[dt.datetime, dt.datetime]],
-) -> list[tuple[dt.datetime, dt.datetime]]:
-    out: list[tuple[dt.datetime, dt.datetime]] = []
-    for s, e in sorted(intervals):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
     return out
 
 
@@ -968,7 +957,7 @@ class GraphCalendar:
                     s, e = max(s, start), min(e, end)
                     if s < e:
                         out.append((s, e))
-        return merge(out)
+        return merge_intervals(out)
 
     # ------------------------------------------------------------------ sync
 

@@ -366,6 +366,17 @@ def expand(
 Interval = tuple[dt.datetime, dt.datetime]
 
 
+def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sorted, with overlapping and touching intervals joined (free/busy answers)."""
+    out: list[Interval] = []
+    for start, end in sorted(intervals):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
 def _overlaps(a: Interval, busy: Sequence[Interval]) -> bool:
     return any(a[0] < b[1] and b[0] < a[1] for b in busy)
 

@@ -44,7 +44,7 @@ from automation.models import (
 )
 from automation.ports import DECLINED, Channel, EventState, SeriesEvent
 from automation.runtime import Runtime
-from automation.services.planning import series_event
+from automation.services.planning import move_occurrence, series_event
 from automation.services.tasks import create_task, handles
 
 log = logging.getLogger("automation.calendars")
@@ -259,23 +259,6 @@ class Applied:
             f"moved {self.moved}, cancelled {self.cancelled}, responses {self.responses}, "
             f"series removed {self.series_removed}, not ours {self.unknown}"
         )
-
-
-def move_occurrence(
-    session: Session, occ: Occurrence, start: dt.datetime, end: dt.datetime, now: dt.datetime
-) -> None:
-    """Move a meeting and the agenda and follow-up that hang on it."""
-    shift = start - occ.start_at
-    occ.start_at, occ.end_at, occ.updated_at = start, end, now
-    for task in session.scalars(
-        select(Task).where(
-            Task.organization_id == occ.organization_id,
-            Task.key.in_([f"agenda:occurrence:{occ.id}", f"followup:occurrence:{occ.id}"]),
-            Task.state == TaskState.PENDING,
-        )
-    ):
-        task.due_at = max(task.due_at + shift, now)
-        task.updated_at = now
 
 
 class StateApplier:

@@ -61,7 +61,7 @@ from automation.models import (
 from automation.ports import DECLINED, Attendee, SeriesEvent
 from automation.runtime import Runtime
 from automation.services.messages import person_ctx, queue_email, when
-from automation.services.tasks import create_task
+from automation.services.planning import next_open_occurrence, series_changed
 
 # The organizer mailbox: ORGANIZER_MAILBOX@reply_domain. It must receive mail (the answers
 # come to it) and never change for the life of a series (clients match ORGANIZER).
@@ -147,17 +147,7 @@ def queue_invites(
         if event.cancelled
         else imip_request(event, stamp, organizer)
     )
-    upcoming = session.scalar(
-        select(Occurrence)
-        .where(
-            Occurrence.organization_id == series.organization_id,
-            Occurrence.series_id == series.id,
-            Occurrence.start_at > stamp,
-            Occurrence.state.in_((OccurrenceState.PLANNED, OccurrenceState.INVITED)),
-        )
-        .order_by(Occurrence.start_at)
-        .limit(1)
-    )
+    upcoming = next_open_occurrence(session, series, stamp)
     messages = []
     for person in dict.fromkeys(recipients):
         invite: dict[str, Any] = {
@@ -375,17 +365,7 @@ def apply_replies(
         )
     if cancelled:
         # As a #cancel does: the series changes, and the invite task re-sends it.
-        series.sequence += 1
-        series.updated_at = now
-        create_task(
-            session,
-            series.organization_id,
-            "invite",
-            f"invite:series:{series.id}:{series.sequence}",
-            series.id,
-            now,
-            now,
-        )
+        series_changed(session, series, now)
     partstats = "/".join(dict.fromkeys(r.partstat for r in replies))
     if applied == 0 and ignored:
         text = f"{partstats} by {attendee} ignored: older than the answer on record"

@@ -63,7 +63,6 @@ from automation.models import (
     Person,
     PipReview,
     Task,
-    TaskState,
 )
 from automation.replies import Extraction, ParsedEmail, decode_message, extract
 from automation.runtime import Runtime
@@ -76,6 +75,7 @@ from automation.services.messages import (
     reply_to_for,
     when,
 )
+from automation.services.planning import move_occurrence, next_open_occurrence, series_changed
 from automation.services.tasks import create_task, handles
 
 # Our emails a reply may answer in their thread (used when the reply token is missing).
@@ -888,17 +888,7 @@ def _apply_commands(
 
 
 def _series_changed(rt: Runtime, session: Session, series: CheckinSeries) -> None:
-    series.sequence += 1
-    series.updated_at = rt.now()
-    create_task(
-        session,
-        series.organization_id,
-        "invite",
-        f"invite:series:{series.id}:{series.sequence}",
-        series.id,
-        rt.now(),
-        rt.now(),
-    )
+    series_changed(session, series, rt.now())
 
 
 def _reschedule(
@@ -907,17 +897,7 @@ def _reschedule(
     from automation.domain.cadence import localize, zone
 
     now = rt.now()
-    upcoming = session.scalar(
-        select(Occurrence)
-        .where(
-            Occurrence.organization_id == series.organization_id,
-            Occurrence.series_id == series.id,
-            Occurrence.start_at > now,
-            Occurrence.state.in_((OccurrenceState.PLANNED, OccurrenceState.INVITED)),
-        )
-        .order_by(Occurrence.start_at)
-        .limit(1)
-    )
+    upcoming = next_open_occurrence(session, series, now)
     if upcoming is None:
         return "reschedule not applied: no upcoming meeting in this series"
     tz = zone(employee.timezone)
@@ -927,19 +907,7 @@ def _reschedule(
         return f"reschedule not applied: could not read a date or time in {argument!r}"
     length = upcoming.end_at - upcoming.start_at
     new_start = localize(target, tz).astimezone(dt.UTC)
-    shift = new_start - upcoming.start_at
-    upcoming.start_at, upcoming.end_at = new_start, new_start + length
-    upcoming.updated_at = now
-    for task in session.scalars(
-        select(Task).where(
-            Task.organization_id == series.organization_id,
-            Task.key.in_(
-                [f"agenda:occurrence:{upcoming.id}", f"followup:occurrence:{upcoming.id}"]
-            ),
-            Task.state == TaskState.PENDING,
-        )
-    ):
-        task.due_at = max(task.due_at + shift, now)
+    move_occurrence(session, upcoming, new_start, new_start + length, now)
     _series_changed(rt, session, series)
     return f"moved the next meeting to {when(new_start, employee.timezone)}"
 

@@ -163,17 +163,7 @@ def plan(
             if series is not None:
                 if series.manager_id != manager.id and series.active:
                     series.manager_id = manager.id  # a new manager takes over the series
-                    series.sequence += 1
-                    series.updated_at = now
-                    create_task(
-                        session,
-                        organization_id,
-                        "invite",
-                        f"invite:series:{series.id}:{series.sequence}",
-                        series.id,
-                        now,
-                        now,
-                    )
+                    series_changed(session, series, now)
                 continue
             slot, rule = choose_slot(
                 cadence,
@@ -291,8 +281,6 @@ def retire_series(session: Session, series: CheckinSeries, now: dt.datetime) -> 
     and the calendar gets the series with STATUS:CANCELLED and a higher SEQUENCE.
     """
     series.active = False
-    series.sequence += 1
-    series.updated_at = now
     cancelled = 0
     for occ in session.scalars(
         select(Occurrence).where(
@@ -315,6 +303,15 @@ def retire_series(session: Session, series: CheckinSeries, now: dt.datetime) -> 
         at=now,
         data={"cancelled_occurrences": cancelled},
     )
+    series_changed(session, series, now)
+
+
+def series_changed(session: Session, series: CheckinSeries, now: dt.datetime) -> None:
+    """The series is different now (a meeting cancelled or moved, a new manager, retired):
+    raise its SEQUENCE and schedule the invite task that sends the new version (RFC 5546:
+    receivers apply an update only when SEQUENCE rises)."""
+    series.sequence += 1
+    series.updated_at = now
     create_task(
         session,
         series.organization_id,
@@ -323,6 +320,40 @@ def retire_series(session: Session, series: CheckinSeries, now: dt.datetime) -> 
         series.id,
         now,
         now,
+    )
+
+
+def move_occurrence(
+    session: Session, occ: Occurrence, start: dt.datetime, end: dt.datetime, now: dt.datetime
+) -> None:
+    """Move a meeting and the agenda and follow-up that hang on it."""
+    shift = start - occ.start_at
+    occ.start_at, occ.end_at, occ.updated_at = start, end, now
+    for task in session.scalars(
+        select(Task).where(
+            Task.organization_id == occ.organization_id,
+            Task.key.in_([f"agenda:occurrence:{occ.id}", f"followup:occurrence:{occ.id}"]),
+            Task.state == TaskState.PENDING,
+        )
+    ):
+        task.due_at = max(task.due_at + shift, now)
+        task.updated_at = now
+
+
+def next_open_occurrence(
+    session: Session, series: CheckinSeries, after: dt.datetime
+) -> Occurrence | None:
+    """The series' next meeting after ``after`` that is still planned or invited."""
+    return session.scalar(
+        select(Occurrence)
+        .where(
+            Occurrence.organization_id == series.organization_id,
+            Occurrence.series_id == series.id,
+            Occurrence.start_at > after,
+            Occurrence.state.in_((OccurrenceState.PLANNED, OccurrenceState.INVITED)),
+        )
+        .order_by(Occurrence.start_at)
+        .limit(1)
     )
 
 
