@@ -97,6 +97,7 @@ class OutboundState(enum.StrEnum):
     QUEUED = "queued"
     SENT = "sent"
     FAILED = "failed"
+    HELD = "held"  # to an address flagged as failing: kept, not sent, until HR clears it
 
 
 class InboundState(enum.StrEnum):
@@ -145,6 +146,8 @@ class Person(OrgScoped, Base):
     # it (a later successful delivery is not observable yet): HR clears it once fixed.
     mail_failing_since: Mapped[dt.datetime | None]
     mail_failing_reason: Mapped[str | None] = mapped_column(Text)
+    # Soft bounces (4.x.x) since the last delivery that went through: three flag the address.
+    mail_soft_bounces: Mapped[int | None]
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
 
@@ -318,6 +321,31 @@ class OutboundMessage(OrgScoped, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
     sent_at: Mapped[dt.datetime | None]
+    # What the transport reported: its id, its thread (Gmail threadId, Graph conversationId,
+    # so a reminder joins the prompt's thread) and the Message-ID it really sent under.
+    provider_id: Mapped[str | None] = mapped_column(String(300))
+    provider_thread: Mapped[str | None] = mapped_column(String(300))
+    sent_message_id: Mapped[str | None] = mapped_column(String(998))
+    transport: Mapped[str | None] = mapped_column(String(20))
+
+
+class MailboxState(OrgScoped, Base):
+    """Where reading a mailbox got to: an IMAP ``UIDVALIDITY:UID``, a Gmail historyId or a
+    Graph deltaLink, stored after the messages it covers; and the push watch, if any."""
+
+    __tablename__ = "mailbox_states"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "provider", "mailbox"),
+    )
+    provider: Mapped[str] = mapped_column(String(20))
+    mailbox: Mapped[str] = mapped_column(String(320))
+    cursor: Mapped[str | None] = mapped_column(Text)
+    polled_at: Mapped[dt.datetime | None]
+    full_synced_at: Mapped[dt.datetime | None]
+    watch_expires_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime]
 
 
 class InboundMessage(OrgScoped, Base):

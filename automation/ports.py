@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -144,19 +144,61 @@ class PushChannels(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class OutgoingMail:
+    """One message of the outbox, ready for a transport."""
+
+    message_id: str  # ours, deterministic: "<key-hash@domain>"
+    raw: bytes  # the whole RFC 5322 message, Message-ID included
+    sender: str  # envelope sender (the From address)
+    recipients: tuple[str, ...]
+    thread: str | None = None  # the provider's thread of the message this one follows (Gmail)
+
+
+@dataclass(frozen=True)
+class SentMail:
+    """What the transport did with it."""
+
+    message_id: str  # the Message-ID as sent (Gmail and Graph may rewrite ours)
+    provider_id: str | None = None  # Gmail/Graph message id
+    thread: str | None = None  # Gmail threadId / Graph conversationId
+
+
 class MailSender(Protocol):
-    def already_sent(self, message_id: str) -> bool:
-        """True if a message with this Message-ID left earlier (crash between send and record)."""
+    name: str  # "maildir", "smtp", "gmail", "graph"
+
+    def already_sent(self, mail: OutgoingMail) -> SentMail | None:
+        """The earlier copy of this message if a previous attempt sent it (a worker died
+        between the provider's answer and our commit): looked up by Message-ID (Gmail
+        ``rfc822msgid:``, Graph ``internetMessageId``, the IMAP Sent folder)."""
         ...
 
-    def send(self, message_id: str, raw: bytes, recipients: Sequence[str]) -> None: ...
+    def send(self, mail: OutgoingMail) -> SentMail: ...
+
+    def send_many(self, mails: Sequence[OutgoingMail]) -> list[SentMail | Exception]:
+        """Several in one go (one SMTP connection, one batch); one result per message, in
+        order, an exception for each that failed so the others still count."""
+        ...
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    """New inbound messages since a cursor."""
+
+    messages: list[tuple[str, bytes]]  # (key for ack, raw bytes), oldest first
+    cursor: str | None  # store it once every message of the page is stored
+    more: bool = False  # another page is waiting
+    full_resync: bool = False  # the stored cursor was refused (UIDVALIDITY changed, 404…)
 
 
 class InboxReader(Protocol):
-    def fetch(self, limit: int = 100) -> Iterator[tuple[str, bytes]]:
-        """New messages as (key, raw bytes), oldest first, not yet acknowledged."""
+    name: str  # "maildir", "imap", "gmail", "graph"
+
+    def fetch(self, cursor: str | None, limit: int = 100) -> InboxPage:
+        """Messages not yet acknowledged, after ``cursor`` when the source has one."""
         ...
 
-    def ack(self, key: str) -> None:
-        """Mark a message as taken; called only after it is stored."""
+    def ack(self, keys: Sequence[str]) -> None:
+        """Called only after the messages are stored: move them to the processed folder,
+        label or mark them, so they are not fetched again."""
         ...

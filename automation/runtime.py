@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.adapters.calendars import build_calendar
-from automation.adapters.local import MaildirInbox, MaildirSender
+from automation.adapters.mail import build_inbox, build_sender
 from automation.clock import Clock, SystemClock
 from automation.config import Delegates, load_cadences, load_delegates
 from automation.db import make_engine, session_factory
@@ -53,8 +53,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         factory=session_factory(engine),
         clock=clock,
         calendar=build_calendar(settings, clock),
-        sender=MaildirSender(settings.outbox),
-        inbox=MaildirInbox(settings.inbox),
+        sender=build_sender(settings),
+        inbox=build_inbox(settings),
         cadences={c.name: c for c in load_cadences(settings)},
         delegates=load_delegates(settings),
     )

@@ -74,6 +74,30 @@ class Settings:
     caldav_calendar_path: str = "{email}/checkins/"  # under caldav_url, per organizer
     caldav_schedules: bool = False  # True: the server sends invites itself (RFC 6638)
     calendar_poll_minutes: int = 15  # a sync per calendar at least this often (push or not)
+    # Mail. "maildir" is the embedded default (outbox/inbox folders under data_dir).
+    mail_transport: str = "maildir"  # maildir | smtp | gmail | graph
+    mail_inbox: str = "maildir"  # maildir | imap | gmail | graph (the MTA pipe works with any)
+    mail_daily_limit: int = 2000  # per sender per rolling 24 h (Google Workspace: 2,000)
+    mail_per_minute: int = 30  # per sender (Exchange Online: 30); deferred, never dropped
+    mail_soft_bounce_limit: int = 3  # soft bounces (4.x.x) in a row that flag an address
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"  # starttls | tls (implicit, port 465) | none (tests only)
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_security: str = "tls"  # tls | starttls | none (tests only)
+    imap_username: str = ""
+    imap_password: str = field(default="", repr=False)
+    imap_folder: str = "INBOX"
+    imap_processed_folder: str = "Processed"  # stored messages are moved here
+    imap_sent_folder: str = "Sent"  # searched by Message-ID before a retried SMTP send
+    gmail_api_endpoint: str = ""  # empty: Google's; tests point it at the local fake
+    gmail_user: str = ""  # the mailbox sent from and read; empty: the mail_from address
+    gmail_pubsub_topic: str = ""  # projects/<p>/topics/<t> for users.watch; empty: poll only
+    graph_mailbox: str = ""  # the mailbox sent from and read; empty: the mail_from address
+    inbound_webhook_secret: str = field(default="", repr=False)  # HMAC key, POST /webhooks/mail
     http_max_attempts: int = 6  # provider calls: retries on 429, 5xx and rate-limit 403
     http_max_backoff_seconds: int = 60
     source: str = "(defaults)"
@@ -122,7 +146,12 @@ _SECRET_FIELDS = {
     "broker_url",
     "graph_client_secret",
     "caldav_password",
+    "smtp_password",
+    "imap_password",
+    "inbound_webhook_secret",
 }
+MAIL_TRANSPORTS = ("maildir", "smtp", "gmail", "graph")
+MAIL_INBOXES = ("maildir", "imap", "gmail", "graph")
 CALENDAR_PROVIDERS = ("local", "google", "graph", "caldav", "imip")
 
 
@@ -201,6 +230,12 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
         ("stub", "redis://", "rediss://", "amqp://", "amqps://")
     ):
         raise problem("stub, redis://… or amqp://…")
+    if name == "mail_transport" and raw not in MAIL_TRANSPORTS:
+        raise problem("one of " + ", ".join(MAIL_TRANSPORTS))
+    if name == "mail_inbox" and raw not in MAIL_INBOXES:
+        raise problem("one of " + ", ".join(MAIL_INBOXES))
+    if name in ("smtp_security", "imap_security") and raw not in ("tls", "starttls", "none"):
+        raise problem("tls, starttls or none")
     if name == "calendar_provider" and raw not in CALENDAR_PROVIDERS:
         raise problem("one of " + ", ".join(CALENDAR_PROVIDERS))
     web_address = name.endswith(("_endpoint", "_url", "_host", "_uri"))

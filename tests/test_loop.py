@@ -296,9 +296,9 @@ def test_crash_after_send_before_record_does_not_send_twice(rt, org, clock):
     original_send = rt.sender.send
     calls = []
 
-    def send_then_die(message_id, raw, recipients):
-        original_send(message_id, raw, recipients)
-        calls.append(message_id)
+    def send_then_die(mail):
+        original_send(mail)
+        calls.append(mail.message_id)
         raise SystemExit("worker killed")  # not an Exception: nothing records the outcome
 
     rt.sender.send = send_then_die

@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import icalendar
@@ -25,7 +25,14 @@ from dateutil.rrule import rrulestr
 from automation.domain.cadence import localize
 from automation.domain.ical import series_calendar, with_timezones
 from automation.domain.ical import series_components as series_components  # moved; re-exported
-from automation.ports import EventState, SeriesEvent, SyncOutcome
+from automation.ports import (
+    EventState,
+    InboxPage,
+    OutgoingMail,
+    SentMail,
+    SeriesEvent,
+    SyncOutcome,
+)
 
 PRODID = "-//checkin-automation//local calendar//EN"
 
@@ -138,6 +145,8 @@ def _maildir(folder: Path) -> Path:
 class MaildirSender:
     """Delivers outgoing mail into a Maildir, one file per Message-ID."""
 
+    name = "maildir"
+
     def __init__(self, folder: Path):
         self.folder = _maildir(folder)
 
@@ -145,15 +154,26 @@ class MaildirSender:
     def _name(message_id: str) -> str:
         return hashlib.sha256(message_id.encode()).hexdigest()[:32] + ".eml"
 
-    def already_sent(self, message_id: str) -> bool:
-        name = self._name(message_id)
-        return (self.folder / "new" / name).exists() or any((self.folder / "cur").glob(name + "*"))
+    def already_sent(self, mail: OutgoingMail) -> SentMail | None:
+        name = self._name(mail.message_id)
+        found = (self.folder / "new" / name).exists() or any((self.folder / "cur").glob(name + "*"))
+        return SentMail(mail.message_id, name) if found else None
 
-    def send(self, message_id: str, raw: bytes, recipients: Sequence[str]) -> None:
-        name = self._name(message_id)
+    def send(self, mail: OutgoingMail) -> SentMail:
+        name = self._name(mail.message_id)
         tmp = self.folder / "tmp" / name
-        tmp.write_bytes(raw)
+        tmp.write_bytes(mail.raw)
         os.replace(tmp, self.folder / "new" / name)
+        return SentMail(mail.message_id, name)
+
+    def send_many(self, mails: Sequence[OutgoingMail]) -> list[SentMail | Exception]:
+        out: list[SentMail | Exception] = []
+        for mail in mails:
+            try:
+                out.append(self.send(mail))
+            except OSError as exc:
+                out.append(exc)
+        return out
 
     def messages(self) -> list[bytes]:
         files = sorted([*(self.folder / "new").iterdir(), *(self.folder / "cur").iterdir()])
@@ -161,20 +181,25 @@ class MaildirSender:
 
 
 class MaildirInbox:
-    """Reads a Maildir's new/ folder; acknowledged messages move to cur/ (flag Seen)."""
+    """Reads a Maildir's new/ folder; acknowledged messages move to cur/ (flag Seen).
+
+    No cursor: new/ itself is the queue of what has not been taken yet."""
+
+    name = "maildir"
 
     def __init__(self, folder: Path):
         self.folder = _maildir(folder)
 
-    def fetch(self, limit: int = 100) -> Iterator[tuple[str, bytes]]:
-        entries = sorted((self.folder / "new").iterdir(), key=lambda p: p.name)[:limit]
-        for path in entries:
-            yield path.name, path.read_bytes()
+    def fetch(self, cursor: str | None = None, limit: int = 100) -> InboxPage:
+        entries = sorted((self.folder / "new").iterdir(), key=lambda p: p.name)
+        page = [(path.name, path.read_bytes()) for path in entries[:limit]]
+        return InboxPage(page, None, more=len(entries) > limit)
 
-    def ack(self, key: str) -> None:
-        src = self.folder / "new" / key
-        if src.exists():
-            os.replace(src, self.folder / "cur" / f"{key}:2,S")
+    def ack(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            src = self.folder / "new" / key
+            if src.exists():
+                os.replace(src, self.folder / "cur" / f"{key}:2,S")
 
     def deliver(self, raw: bytes, key: str) -> None:
         """Drop a message into new/ (what an MTA's Maildir delivery does)."""

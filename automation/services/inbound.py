@@ -56,6 +56,7 @@ from automation.models import (
     ConversationRecord,
     InboundMessage,
     InboundState,
+    MailboxState,
     Occurrence,
     OccurrenceState,
     Organization,
@@ -138,14 +139,57 @@ def store_inbound(rt: Runtime, raw: bytes, source: str) -> Stored:
     return stored
 
 
-def poll_inbox(rt: Runtime, limit: int = 100) -> int:
-    """Move new messages from the inbox into the database; acknowledge only once stored."""
+def poll_inbox(rt: Runtime, limit: int = 100, pages: int = 10) -> int:
+    """Move new messages from the inbox into the database.
+
+    Each message is stored (raw, first) before its page is acknowledged at the source, and
+    the cursor is saved only after that: a crash anywhere means the page is read again, and
+    storing the same bytes twice is a no-op. So nothing is lost and nothing doubles.
+    """
     count = 0
-    for key, raw in rt.inbox.fetch(limit):
-        store_inbound(rt, raw, source="maildir")
-        rt.inbox.ack(key)
-        count += 1
+    for _ in range(pages):
+        state = _mailbox_state(rt)
+        page = rt.inbox.fetch(state.cursor if state else None, limit)
+        for _key, raw in page.messages:
+            store_inbound(rt, raw, source=rt.inbox.name)
+        if page.messages:
+            rt.inbox.ack([key for key, _ in page.messages])
+        count += len(page.messages)
+        if state is not None:
+            with transaction(rt.factory) as session:
+                row = session.get(MailboxState, state.id)
+                assert row is not None
+                row.cursor, row.polled_at, row.updated_at = page.cursor, rt.now(), rt.now()
+                if page.full_resync or row.full_synced_at is None:
+                    row.full_synced_at = rt.now()
+                row.error = None
+        if not page.more:
+            break
     return count
+
+
+def _mailbox_state(rt: Runtime) -> MailboxState | None:
+    """The cursor row of the configured inbox (none for a Maildir, whose new/ is the queue)."""
+    if rt.inbox.name == "maildir":
+        return None
+    mailbox = getattr(rt.inbox, "mailbox", rt.inbox.name)
+    with transaction(rt.factory) as session:
+        org = organization_id(session, rt.settings.organization)
+        state = session.scalar(
+            select(MailboxState).where(
+                MailboxState.organization_id == org,
+                MailboxState.provider == rt.inbox.name,
+                MailboxState.mailbox == mailbox,
+            )
+        )
+        if state is None:
+            state = MailboxState(
+                organization_id=org, provider=rt.inbox.name, mailbox=mailbox, updated_at=rt.now()
+            )
+            session.add(state)
+            session.flush()
+        session.expunge(state)
+        return state
 
 
 def _not_recorded(
@@ -380,6 +424,15 @@ def _delivery_report(msg: Message) -> DeliveryReport:
     return DeliveryReport(report_type, tuple(failures), original_id, tuple(delayed))
 
 
+_STATUS = re.compile(r"^\s*([245])\.\d{1,3}\.\d{1,3}\b")
+
+
+def _soft(reason: str) -> bool:
+    """A 4.x.x status (RFC 3463: persistent transient failure); 5.x.x or none is hard."""
+    match = _STATUS.match(reason)
+    return bool(match) and match.group(1) == "4"
+
+
 def _bounce(rt: Runtime, session: Session, message: InboundMessage, parsed: ParsedEmail) -> str:
     """Flag the failing recipients' addresses and tell each one's HR partner, once a day."""
     report = delivery_report(message.raw)
@@ -411,6 +464,16 @@ def _bounce(rt: Runtime, session: Session, message: InboundMessage, parsed: Pars
         if person is None:
             unknown.append(failure.addresses[0])
             continue
+        if _soft(failure.reason):
+            # 4.x.x: the mailbox may be full or the server busy; the MTA retries. Only a
+            # run of them flags the address.
+            person.mail_soft_bounces = (person.mail_soft_bounces or 0) + 1
+            if person.mail_soft_bounces < rt.settings.mail_soft_bounce_limit:
+                flagged.append(
+                    f"{person.email} soft bounce {person.mail_soft_bounces} of "
+                    f"{rt.settings.mail_soft_bounce_limit} ({failure.reason})"
+                )
+                continue
         flagged.append(f"{person.email} ({failure.reason})")
         if person.mail_failing_since is None:
             person.mail_failing_since = now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
 import email.utils
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,9 @@ from automation.models import (
     Task,
 )
 from automation.models import Cadence as CadenceRow
+from automation.ports import OutgoingMail, SentMail
 from automation.runtime import Runtime
-from automation.services.tasks import create_task, handles
+from automation.services.tasks import Deferred, create_task, handles
 
 REPLY_MAILBOX = "checkin"
 
@@ -118,6 +120,78 @@ def queue_email(
     return message
 
 
+def outgoing(rt: Runtime, session: Session, message: OutboundMessage) -> OutgoingMail:
+    """The transport's view of an outbox row. A message that follows another (a reminder
+    after the prompt) carries the provider thread of the one it replies to."""
+    thread = None
+    parent_id = email.message_from_bytes(message.raw[:8192]).get("In-Reply-To")
+    if parent_id:
+        thread = session.scalar(
+            select(OutboundMessage.provider_thread).where(
+                OutboundMessage.organization_id == message.organization_id,
+                OutboundMessage.message_id == parent_id.strip(),
+            )
+        )
+    return OutgoingMail(
+        message_id=message.message_id,
+        raw=message.raw,
+        sender=email.utils.parseaddr(rt.settings.mail_from)[1],
+        recipients=tuple(message.recipients),
+        thread=thread,
+    )
+
+
+def _failing_recipients(session: Session, message: OutboundMessage) -> list[str]:
+    return list(
+        session.scalars(
+            select(Person.email).where(
+                Person.organization_id == message.organization_id,
+                Person.email.in_(message.recipients),
+                Person.mail_failing_since.is_not(None),
+            )
+        )
+    )
+
+
+def _check_sending_limits(rt: Runtime, session: Session, message: OutboundMessage) -> None:
+    """Per-sender caps (Workspace's daily limit, Exchange's per-minute one): a message over
+    the cap waits for the oldest send in the window to age out. Never dropped. The embedded
+    Maildir has no caps."""
+    if rt.sender.name == "maildir":
+        return
+    now = rt.now()
+    for window, cap in (
+        (dt.timedelta(days=1), rt.settings.mail_daily_limit),
+        (dt.timedelta(minutes=1), rt.settings.mail_per_minute),
+    ):
+        recent = list(
+            session.scalars(
+                select(OutboundMessage.sent_at)
+                .where(
+                    OutboundMessage.organization_id == message.organization_id,
+                    OutboundMessage.state == OutboundState.SENT,
+                    OutboundMessage.sent_at > now - window,
+                )
+                .order_by(OutboundMessage.sent_at.desc())
+                .limit(cap)
+            )
+        )
+        if len(recent) >= cap:
+            oldest = recent[-1]
+            assert oldest is not None
+            raise Deferred(oldest + window, f"{cap} messages per {window} reached")
+
+
+def record_sent(rt: Runtime, message: OutboundMessage, sent: SentMail) -> None:
+    message.state = OutboundState.SENT
+    message.sent_at = rt.now()
+    message.transport = rt.sender.name
+    message.provider_id = sent.provider_id
+    message.provider_thread = sent.thread
+    if sent.message_id != message.message_id:
+        message.sent_message_id = sent.message_id  # the provider rewrote it: replies cite this
+
+
 @handles("send")
 def send_message(rt: Runtime, session: Session, task: Task) -> str:
     message = session.get(OutboundMessage, task.subject_id)
@@ -125,16 +199,24 @@ def send_message(rt: Runtime, session: Session, task: Task) -> str:
         return "no-message"
     if message.state == OutboundState.SENT:
         return "already-sent"
+    failing = _failing_recipients(session, message)
+    if failing:
+        # HR was told when the address started failing; sending again only bounces again.
+        message.state = OutboundState.HELD
+        message.last_error = "held: failing address " + ", ".join(failing)
+        return message.last_error
+    _check_sending_limits(rt, session, message)
     message.attempts += 1
+    mail = outgoing(rt, session, message)
     # A worker may have died after the provider accepted the message and before this row was
     # marked sent: look for the earlier attempt before sending again.
-    if rt.sender.already_sent(message.message_id):
+    sent = rt.sender.already_sent(mail)
+    if sent is not None:
         result = "found-earlier-attempt"
     else:
-        rt.sender.send(message.message_id, message.raw, message.recipients)
+        sent = rt.sender.send(mail)
         result = "sent"
-    message.state = OutboundState.SENT
-    message.sent_at = rt.now()
+    record_sent(rt, message, sent)
     audit.record(
         session,
         message.organization_id,

@@ -74,6 +74,15 @@ def create_task(
     return task
 
 
+class Deferred(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a handler whose work may not happen yet (a sending limit reached): the task
+    goes back to pending until ``until``, without counting as a failed attempt."""
+
+    def __init__(self, until: dt.datetime, reason: str):
+        super().__init__(reason)
+        self.until, self.reason = until, reason
+
+
 def backoff(attempts: int) -> dt.timedelta:
     """Jittered exponential backoff: about 30 s, 1 min, 2 min … capped at one hour."""
     base = min(30 * 2 ** max(attempts - 1, 0), 3600)
@@ -99,6 +108,16 @@ def run_task(rt: Runtime, task_id: int) -> str:
             task.lease_until = None
             task.updated_at = rt.now()
             new_tasks = session.info.pop("new_tasks", [])
+    except Deferred as deferred:
+        with transaction(rt.factory) as session:
+            task = session.get(Task, task_id)
+            assert task is not None
+            task.state, task.due_at = TaskState.PENDING, deferred.until
+            task.attempts = max(task.attempts - 1, 0)  # waiting is not failing
+            task.lease_until, task.result = None, f"deferred: {deferred.reason}"[:200]
+            task.updated_at = rt.now()
+        log.info("task %s (%s) deferred until %s: %s", task_id, kind, deferred.until, deferred)
+        return "deferred"
     except Exception as exc:
         permanent = isinstance(exc, PermanentProviderError) or attempts >= rt.settings.max_attempts
         log.warning(
