@@ -558,6 +558,73 @@ def cmd_people_import(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_people_mail_ok(args: argparse.Namespace) -> int:
+    """HR checked the address: clear its failing flag and send what was held for it."""
+    import getpass
+
+    from automation.services.mail import clear_failing
+
+    rt = _inbox_runtime(args)
+    try:
+        released = clear_failing(
+            rt, _org(rt), args.email, f"operator:{getpass.getuser()}", args.reason
+        )
+    finally:
+        rt.engine.dispose()
+    print(f"{args.email}: no longer flagged; {released} held message(s) queued again")
+    return EX_OK
+
+
+def cmd_mail_status(args: argparse.Namespace) -> int:
+    from automation.services.mail import mail_status
+
+    rt = _inbox_runtime(args)
+    try:
+        status = mail_status(rt, _org(rt))
+    finally:
+        rt.engine.dispose()
+    if args.json:
+        print(json.dumps(asdict(status), indent=2))
+        return EX_OK
+    print(f"outbound  {status.transport} as {status.sender}")
+    print(f"inbound   {status.inbox}")
+    outbox = ", ".join(f"{k} {v}" for k, v in sorted(status.outbox.items())) or "empty"
+    print(f"outbox    {outbox}")
+    print(f"sent      {status.sent_last_24h} in the last 24 h (limit {status.daily_limit})")
+    for box in status.mailboxes:
+        print(
+            f"mailbox   {box['provider']} {box['mailbox']}: polled {box['polled_at'] or '-'}"
+            f"{', error: ' + box['error'] if box['error'] else ''}"
+        )
+    for person in status.failing_addresses:
+        print(f"failing   {person['email']} since {person['since']}: {person['reason']}")
+    return EX_OK
+
+
+def cmd_mail_test_send(args: argparse.Namespace) -> int:
+    """Send one test message through the configured transport and look it up again."""
+    from automation.services.mail import send_test_message
+
+    rt = _inbox_runtime(args)
+    try:
+        result = send_test_message(rt, args.address)
+    finally:
+        rt.engine.dispose()
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(f"sent {result.message_id} through {rt.sender.name}")
+        if result.provider_id:
+            print(f"provider id {result.provider_id}, thread {result.thread or '-'}")
+        print(
+            "lookup by Message-ID finds it: retried sends will not go out twice"
+            if result.found_by_lookup
+            else "lookup by Message-ID does NOT find it: a send retried after a crash could "
+            "go out twice (see README, Mail)"
+        )
+    return EX_OK
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from automation.config import check_all
 
@@ -781,6 +848,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = people.add_parser("import", help="create or update people from a CSV file")
     p.add_argument("file")
     p.set_defaults(func=cmd_people_import)
+    p = people.add_parser(
+        "mail-ok", help="clear an address flagged as failing and send what was held for it"
+    )
+    p.add_argument("email")
+    p.add_argument("--reason", required=True, help="why it works again (goes in the audit log)")
+    p.set_defaults(func=cmd_people_mail_ok)
+
+    mail = sub.add_parser("mail", help="outbound and inbound mail").add_subparsers(
+        dest="sub", required=True
+    )
+    p = mail.add_parser("status", help="transport, inbox cursors, outbox, failing addresses")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_mail_status)
+    p = mail.add_parser(
+        "test-send", help="send a test message and check the lookup that prevents resends"
+    )
+    p.add_argument("address")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_mail_test_send)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(
         dest="sub", required=True

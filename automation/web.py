@@ -441,6 +441,86 @@ def _graph_subscription(session: Session, notice: GraphNotice) -> CalendarSync |
     return None
 
 
+# --------------------------------------------------------------------------- inbound mail
+
+MAIL_MAX_BODY = 40 * 1024 * 1024  # a 25 MB message, base64-encoded in a form, with room
+SIGNATURE_TOLERANCE = dt.timedelta(minutes=5)
+
+
+def sign_inbound(secret: str, timestamp: int, body: bytes) -> str:
+    """``X-Signature`` for the inbound mail webhook: ``t=<unix time>,v1=<hex HMAC-SHA256 of
+    "<t>." + body>``. The relay (or a small forwarder in front of SendGrid/Mailgun) signs
+    each request with the shared secret; the timestamp keeps a captured request from being
+    replayed later."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, "sha256").hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def check_inbound_signature(
+    secret: str, header: str | None, body: bytes, now: dt.datetime
+) -> str | None:
+    """None when the signature is good; otherwise why it is refused."""
+    if not header:
+        return "missing X-Signature"
+    fields = dict(part.strip().split("=", 1) for part in header.split(",") if "=" in part)
+    stamp, given = fields.get("t", ""), fields.get("v1", "")
+    if not stamp.isdigit() or not given:
+        return "X-Signature must be t=<unix time>,v1=<hex HMAC-SHA256>"
+    sent = dt.datetime.fromtimestamp(int(stamp), dt.UTC)
+    if abs(now - sent) > SIGNATURE_TOLERANCE:
+        return "X-Signature timestamp is more than 5 minutes away from now"
+    expected = sign_inbound(secret, int(stamp), body).split("v1=", 1)[1]
+    if not hmac.compare_digest(expected.encode(), given.encode()):
+        return "X-Signature does not match"
+    return None
+
+
+def raw_message_of(content_type: str, body: bytes) -> bytes:
+    """The RFC 5322 message in a webhook body: the body itself (message/rfc822,
+    application/octet-stream), or the ``email`` (SendGrid, raw mode) or ``body-mime``
+    (Mailgun MIME routes) field of a multipart/form-data body."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind != "multipart/form-data":
+        return body
+    import email.parser
+    import email.policy
+
+    form = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    for part in form.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name in ("email", "body-mime"):
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes) and payload:
+                return payload
+    raise Refused(400, "multipart body without an 'email' or 'body-mime' field")
+
+
+def mail_poll_task(rt: Runtime, origin: str) -> list[int]:
+    """A push notice (Gmail via Pub/Sub) asks for the inbox to be read now: one waiting
+    poll task at a time, as calendar notices do."""
+    from automation.services.inbound import organization_id
+
+    now = rt.now()
+    with transaction(rt.factory) as session:
+        org = organization_id(session, rt.settings.organization)
+        waiting = session.scalar(
+            select(Task.id).where(
+                Task.organization_id == org,
+                Task.kind == "mail_poll",
+                Task.state == TaskState.PENDING,
+                Task.attempts == 0,
+            )
+        )
+        if waiting is not None:
+            return []
+        task = create_task(
+            session, org, "mail_poll", f"mail-poll:{origin}:{_stamp(now)}", 0, now, now
+        )
+        return [task.id]
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -595,6 +675,81 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         accept them): reauthorizationRequired renews the subscription, subscriptionRemoved
         recreates it and resyncs, missed resyncs."""
         return await graph_endpoint(request, validation_token)
+
+    @app.post(
+        "/webhooks/mail/inbound",
+        tags=["webhooks"],
+        status_code=202,
+        responses={
+            202: {"description": "Stored (or already stored: the same bytes are kept once)"},
+            400: {"description": "No message in the body"},
+            401: {"description": "Missing, stale or wrong X-Signature"},
+            404: {"description": "The inbound webhook is not configured"},
+            413: {"description": "Body too large"},
+        },
+    )
+    async def inbound_mail(
+        request: Request,
+        signature: Annotated[str | None, Header(alias="X-Signature", max_length=300)] = None,
+    ) -> JSONResponse:
+        """One raw RFC 5322 message from an inbound-mail relay (SendGrid Inbound Parse in raw
+        mode, Mailgun MIME routes, or your own forwarder), signed with
+        ``inbound_webhook_secret``. Stored before anything reads it, then processed on a
+        worker like every other inbound message."""
+        rt = get_runtime()
+        secret = rt.settings.inbound_webhook_secret
+        if not secret:
+            raise Refused(404, "the inbound mail webhook is off: set inbound_webhook_secret")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAIL_MAX_BODY:
+            raise Refused(413, f"body larger than {MAIL_MAX_BODY} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAIL_MAX_BODY:
+                raise Refused(413, f"body larger than {MAIL_MAX_BODY} bytes")
+        problem = check_inbound_signature(secret, signature, bytes(body), rt.now())
+        if problem:
+            log.warning("inbound mail webhook refused: %s", problem)
+            raise Refused(401, problem)
+        raw = raw_message_of(request.headers.get("content-type", ""), bytes(body))
+        if not raw.strip():
+            raise Refused(400, "empty message")
+        from automation.services.inbound import store_inbound
+
+        stored = await run_in_threadpool(store_inbound, rt, raw, "webhook")
+        return JSONResponse(
+            {"stored": stored.inbound_id, "duplicate": stored.duplicate}, status_code=202
+        )
+
+    @app.post(
+        "/webhooks/gmail",
+        tags=["webhooks"],
+        responses={
+            200: {"description": "Accepted: the inbox is read on a worker"},
+            401: {"description": "Wrong token"},
+            404: {"description": "Not configured"},
+        },
+    )
+    async def gmail_push(
+        request: Request,
+        token: Annotated[str | None, Query(max_length=300)] = None,
+    ) -> JSONResponse:
+        """A Gmail ``users.watch`` notice through a Pub/Sub push subscription whose endpoint
+        is ``<base_url>/webhooks/gmail?token=<inbound_webhook_secret>``. The notice only
+        says "something changed": the inbox is read from the stored historyId, so a lost or
+        repeated notice costs nothing."""
+        rt = get_runtime()
+        secret = rt.settings.inbound_webhook_secret
+        if not secret:
+            raise Refused(404, "Gmail push is off: set inbound_webhook_secret")
+        if not same_secret(token, secret):
+            log.warning("gmail push refused: wrong token")
+            raise Refused(401, "wrong token")
+        await _read_body(request)  # the Pub/Sub envelope; nothing in it is needed
+        ids = await run_in_threadpool(mail_poll_task, rt, "gmail")
+        await run_in_threadpool(_enqueue, rt, ids)
+        return JSONResponse({"queued": len(ids)}, status_code=200)
 
     return app
 

@@ -168,6 +168,12 @@ def poll_inbox(rt: Runtime, limit: int = 100, pages: int = 10) -> int:
     return count
 
 
+@handles("mail_poll")
+def run_mail_poll(rt: Runtime, session: Session, task: Task) -> str:
+    """A push notice asked for the inbox to be read now (the tick reads it anyway)."""
+    return f"{poll_inbox(rt)} message(s) taken in"
+
+
 def _mailbox_state(rt: Runtime) -> MailboxState | None:
     """The cursor row of the configured inbox (none for a Maildir, whose new/ is the queue)."""
     if rt.inbox.name == "maildir":
