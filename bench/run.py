@@ -315,6 +315,11 @@ from bench import calendar_graph as _calendar_graph  # noqa: E402
 _calendar_google.register(benchmark, Result)
 _calendar_graph.register(benchmark, Result)
 
+# mail.*: inbound volume, SMTP connection reuse, IMAP ingest.
+from bench import mail_volume as _mail_volume  # noqa: E402
+
+_mail_volume.register(benchmark, Result)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
