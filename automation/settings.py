@@ -85,6 +85,8 @@ class Settings:
     smtp_security: str = "starttls"  # starttls | tls (implicit, port 465) | none (tests only)
     smtp_username: str = ""
     smtp_password: str = field(default="", repr=False)
+    smtp_sent_copy: str = ""  # server | append | none; empty: append when imap_host is set
+    smtp_timeout_seconds: int = 30
     imap_host: str = ""
     imap_port: int = 993
     imap_security: str = "tls"  # tls | starttls | none (tests only)
@@ -234,11 +236,17 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
         raise problem("one of " + ", ".join(MAIL_TRANSPORTS))
     if name == "mail_inbox" and raw not in MAIL_INBOXES:
         raise problem("one of " + ", ".join(MAIL_INBOXES))
+    if name == "smtp_sent_copy" and raw not in ("", "server", "append", "none"):
+        raise problem(
+            "server, append or none",
+            "server: the SMTP server files a Sent copy itself (Gmail, Exchange Online); "
+            "append: we APPEND one over IMAP after sending",
+        )
     if name in ("smtp_security", "imap_security") and raw not in ("tls", "starttls", "none"):
         raise problem("tls, starttls or none")
     if name == "calendar_provider" and raw not in CALENDAR_PROVIDERS:
         raise problem("one of " + ", ".join(CALENDAR_PROVIDERS))
-    web_address = name.endswith(("_endpoint", "_url", "_host", "_uri"))
+    web_address = name.endswith(("_endpoint", "_url", "_uri")) or name == "graph_authority_host"
     if (
         web_address
         and name not in ("database_url", "broker_url")
