@@ -1,4 +1,5 @@
-"""A small stateful Microsoft Graph (calendar) and Entra ID token endpoint, over real HTTPS.
+"""A small stateful Microsoft Graph (calendar and mail) and Entra ID token endpoint, over
+real HTTPS.
 
 What it follows, from Microsoft's documentation (learn.microsoft.com/graph):
 
@@ -18,6 +19,8 @@ What it follows, from Microsoft's documentation (learn.microsoft.com/graph):
 * ``getSchedule``: at most 20 schedules and a window under 42 days, else 400; items of the
   person's own events (``showAs``) and of events they attend (tentative until accepted);
 * ``$batch``: at most 20 requests, answered 200 with each inner status (in shuffled order);
+* mail (:class:`MailboxFake`): MIME drafts, send (202), lookups by internetMessageId,
+  ``$value``, folders, move, and ``messages/delta`` of a folder;
 * subscriptions: create performs the validation handshake (POST ``?validationToken=`` to the
   notification and lifecycle URLs, expecting the token back as 200 text/plain within 10 s),
   PATCH, DELETE, ``/reauthorize``; :meth:`notify` and :meth:`lifecycle` post real notices.
@@ -25,7 +28,8 @@ What it follows, from Microsoft's documentation (learn.microsoft.com/graph):
 Test hooks: :meth:`respond`, :meth:`move_instance`, :meth:`cancel_instance`,
 :meth:`delete_event`, :meth:`seed_event`, :meth:`invalidate_delta`, :meth:`inject_faults`
 (a seeded share of 429 with Retry-After / 503, top level and inside batches, optionally after
-the change was made), :meth:`fail_next`, and :meth:`stats` (requests in total, Graph requests,
+the change was made), :meth:`fail_next`, :meth:`lose_next` (one operation's answer lost after
+it took effect), and :meth:`stats` (requests in total, Graph requests,
 per operation, inside batches, token calls, events per mailbox).
 
 Run it on its own for a benchmark in another process: ``python -m tests.fakes.graph`` prints
@@ -396,10 +400,706 @@ def prefer(headers: dict[str, str]) -> tuple[str, int | None]:
     return (tz.group(1) if tz else "UTC"), (int(size.group(1)) if size else None)
 
 
+# --------------------------------------------------------------------------- mail
+
+
+MAIL_REQUEST_LIMIT = 4 * 1024 * 1024  # Graph: a request over ~4 MB gets 413
+MAIL_DEFAULT_TOP = 10  # Graph's default page size for message lists
+WELL_KNOWN_FOLDERS = {
+    "msgfolderroot": "Top of Information Store",
+    "inbox": "Inbox",
+    "drafts": "Drafts",
+    "sentitems": "Sent Items",
+    "outbox": "Outbox",
+    "deleteditems": "Deleted Items",
+}
+IMMUTABLE_PREFER = re.compile(r'IdType\s*=\s*"?ImmutableId"?', re.IGNORECASE)
+MIME_PROPERTY_FILTER = re.compile(
+    r"^singleValueExtendedProperties/any\(\s*(\w+)\s*:\s*\1/id eq '(.+?)' and "
+    r"\1/value eq '((?:[^']|'')*)'\s*\)$",
+    re.IGNORECASE,
+)
+MESSAGE_ID_FILTER = re.compile(r"^internetMessageId eq '((?:[^']|'')*)'$", re.IGNORECASE)
+FOLDER_NAME_FILTER = re.compile(r"^displayName eq '((?:[^']|'')*)'$", re.IGNORECASE)
+
+
+@dataclass
+class MailFolder:
+    id: str
+    mailbox: str
+    name: str  # displayName
+    parent: str | None  # the parent folder's id; None for the root
+    well_known: str | None = None
+
+
+@dataclass
+class MailItem:
+    """One message in one mailbox. ``immutable_id`` never changes; ``rest_id`` (the default
+    id format) changes whenever the message moves to another folder, as Exchange's does."""
+
+    immutable_id: str
+    rest_id: str
+    mailbox: str
+    folder: str  # folder id
+    raw: bytes
+    internet_message_id: str
+    conversation_id: str
+    is_draft: bool
+    created: int
+    received: dt.datetime
+    modified: dt.datetime
+    properties: dict[str, dict[str, str]] = field(default_factory=dict)  # id lower -> {id, value}
+    gone: bool = False  # permanently deleted
+
+
+def _header_block(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(headers, separator, body) of a raw message, whatever its line ends."""
+    match = re.search(rb"\r?\n\r?\n", raw)
+    if not match:
+        return raw, b"", b""
+    return raw[: match.start()], raw[match.start() : match.end()], raw[match.end() :]
+
+
+def _replace_message_id(raw: bytes, new_id: str) -> bytes:
+    """The raw message with its Message-ID header replaced (or added), nothing else touched."""
+    head, sep, body = _header_block(raw)
+    line_end = b"\r\n" if b"\r\n" in head else b"\n"
+    pattern = re.compile(rb"(?im)^message-id:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*")
+    header = b"Message-ID: " + new_id.encode()
+    if pattern.search(head):
+        head = pattern.sub(lambda m: header, head, count=1)
+    else:
+        head = head + line_end + header
+    return head + sep + body
+
+
+def _addresses(msg: Any, *names: str) -> list[dict[str, Any]]:
+    import email.utils
+
+    values = [str(v) for name in names for v in (msg.get_all(name) or [])]
+    return [
+        {"emailAddress": {"name": name or address, "address": address}}
+        for name, address in email.utils.getaddresses(values)
+        if address
+    ]
+
+
+class MailboxFake:
+    """Mail in Exchange mailboxes, as Microsoft Graph serves it (mixed into GraphFake).
+
+    * ``POST /users/{m}/messages`` with ``Content-Type: text/plain`` and a base64 MIME body
+      creates a draft in Drafts (the "create message in MIME format" call); a bad base64 body is
+      400 ``ErrorMimeContentInvalidBase64String``, a body over ``mail_request_limit`` 413. The
+      MIME Message-ID becomes ``internetMessageId`` unless ``rewrite_internet_message_ids``
+      (then Graph's own id replaces it, in the MIME too); In-Reply-To/References put the
+      message in the conversation of the message they name.
+    * ``POST …/messages/{id}/send``: 202, no body; the draft leaves Drafts for Sent Items (or
+      sits in Outbox for ``outbox_requests`` further requests first, as Exchange submits
+      asynchronously); sending a message that is no longer a draft is 400. Sends are counted
+      per internetMessageId (:meth:`sent_counts`).
+    * ``GET …/messages`` and ``…/mailFolders/{f}/messages`` with ``$filter`` on
+      ``internetMessageId eq '…'`` or on a single-value extended property, ``$select`` and
+      ``$top`` (default 10); ``GET/PATCH/DELETE …/messages/{id}`` (DELETE moves the message to
+      Deleted Items, and from there deletes it), ``…/$value`` (the MIME, byte for byte),
+      ``POST …/move`` (201 with the message, which has a new id unless immutable ids were asked
+      for with ``Prefer: IdType="ImmutableId"``).
+    * folders: ``…/mailFolders`` and ``…/mailFolders/{f}/childFolders`` listed (``$filter`` on
+      displayName) and created (409 ``ErrorFolderExists`` for a sibling of the same name);
+      well-known names (inbox, drafts, sentitems, outbox, deleteditems, msgfolderroot) work
+      wherever an id does.
+    * ``GET …/mailFolders/{f}/messages/delta``: pages of ``Prefer: odata.maxpagesize`` with
+      ``@odata.nextLink`` then ``@odata.deltaLink``; a later round returns the messages that
+      arrived in the folder since and ``@removed`` for those that left it (moved or deleted).
+      :meth:`invalidate_delta` refuses stored links for mail as for calendars.
+
+    Test hooks: :meth:`deliver`, :meth:`mail`, :meth:`sent_counts`, :attr:`outgoing`,
+    :meth:`delete_message`.
+    """
+
+    # Provided by GraphFake.
+    _lock: threading.RLock
+    _delta_generation: int
+    _refusal: tuple[str, bool] | None
+    page_size: int
+
+    @property
+    def base_url(self) -> str:  # pragma: no cover - GraphFake's wins
+        raise NotImplementedError
+
+    def _mail_init(
+        self, *, rewrite_internet_message_ids: bool, outbox_requests: int, mail_request_limit: int
+    ) -> None:
+        self.rewrite_internet_message_ids = rewrite_internet_message_ids
+        self.outbox_requests = outbox_requests
+        self.mail_request_limit = mail_request_limit
+        self._folders: dict[str, MailFolder] = {}
+        self._mail_items: dict[str, MailItem] = {}
+        self._rest_ids: dict[str, str] = {}  # current rest id -> immutable id
+        self._mail_seq = 0
+        self._mail_created = itertools.count(1)
+        # (seq, "added" | "removed", immutable id, folder id) per mailbox
+        self._mail_changes: dict[str, list[tuple[int, str, str, str]]] = {}
+        self._mail_delta: dict[str, dict[str, Any]] = {}
+        self._outbox: list[tuple[int, str]] = []  # (requests left, immutable id)
+        self._sends: Counter[str] = Counter()
+        self.outgoing: list[dict[str, Any]] = []  # what went out: mailbox, id, recipients, raw
+
+    # ------------------------------------------------------------------ test hooks
+
+    def deliver(self, mailbox: str, raw: bytes, received: dt.datetime | None = None) -> str:
+        """A message arrives in ``mailbox``'s Inbox, exactly these bytes; returns its
+        (immutable) id."""
+        with self._lock:
+            item = self._new_item(mailbox.lower(), raw, draft=False, folder="inbox")
+            if received is not None:
+                item.received = received
+            return item.immutable_id
+
+    def mail(self, mailbox: str, folder: str | None = None) -> list[dict[str, Any]]:
+        """Messages of a mailbox (of one folder: a display name or a well-known name), oldest
+        first, for assertions."""
+        with self._lock:
+            box = mailbox.lower()
+            out = []
+            for item in sorted(self._mail_items.values(), key=lambda i: i.created):
+                if item.gone or item.mailbox != box:
+                    continue
+                where = self._folders[item.folder]
+                if folder is not None and folder.lower() not in (
+                    where.name.lower(),
+                    (where.well_known or "").lower(),
+                ):
+                    continue
+                out.append(
+                    {
+                        "id": item.immutable_id,
+                        "folder": where.name,
+                        "internetMessageId": item.internet_message_id,
+                        "conversationId": item.conversation_id,
+                        "isDraft": item.is_draft,
+                        "raw": item.raw,
+                    }
+                )
+            return out
+
+    def sent_counts(self) -> Counter[str]:
+        """How often each internetMessageId was sent (accepted with 202)."""
+        with self._lock:
+            return Counter(self._sends)
+
+    def delete_message(self, message_id: str) -> None:
+        """Someone deletes the message for good (e.g. a draft, in Outlook)."""
+        with self._lock:
+            item = self._mail_items[message_id]
+            self._mail_move(item, None)
+
+    # ------------------------------------------------------------------ state
+
+    def _mailbox_folders(self, mailbox: str) -> dict[str, MailFolder]:
+        """The mailbox's well-known folders (created on first use) by well-known name."""
+        known = {
+            f.well_known: f for f in self._folders.values() if f.mailbox == mailbox and f.well_known
+        }
+        if known:
+            return known  # type: ignore[return-value]
+        root = MailFolder(
+            "AQMkFolder" + secrets.token_urlsafe(12),
+            mailbox,
+            WELL_KNOWN_FOLDERS["msgfolderroot"],
+            None,
+            "msgfolderroot",
+        )
+        self._folders[root.id] = root
+        known = {"msgfolderroot": root}
+        for key, name in WELL_KNOWN_FOLDERS.items():
+            if key != "msgfolderroot":
+                folder = MailFolder(
+                    "AQMkFolder" + secrets.token_urlsafe(12), mailbox, name, root.id, key
+                )
+                self._folders[folder.id] = folder
+                known[key] = folder
+        return known  # type: ignore[return-value]
+
+    def _folder(self, mailbox: str, ref: str) -> MailFolder:
+        known = self._mailbox_folders(mailbox)
+        if ref.lower() in known:
+            return known[ref.lower()]
+        folder = self._folders.get(ref)
+        if folder is None or folder.mailbox != mailbox:
+            raise GraphError(404, "ErrorItemNotFound", "The specified folder could not be found")
+        return folder
+
+    def _mail_change(self, item: MailItem, kind: str, folder: str) -> None:
+        self._mail_seq += 1
+        self._mail_changes.setdefault(item.mailbox, []).append(
+            (self._mail_seq, kind, item.immutable_id, folder)
+        )
+
+    def _new_item(self, mailbox: str, raw: bytes, *, draft: bool, folder: str) -> MailItem:
+        import email
+        import email.policy
+
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        message_id = (msg.get("Message-ID") or "").strip()
+        if draft and (self.rewrite_internet_message_ids or not message_id):
+            message_id = (
+                f"<{secrets.token_hex(10).upper()}@{secrets.token_hex(6).upper()}"
+                ".namprd00.prod.outlook.com>"
+            )
+            raw = _replace_message_id(raw, message_id)
+        cited = set((msg.get("References") or "").split()) | {
+            (msg.get("In-Reply-To") or "").strip()
+        }
+        conversation = next(
+            (
+                other.conversation_id
+                for other in self._mail_items.values()
+                if other.mailbox == mailbox
+                and not other.gone
+                and other.internet_message_id in cited
+            ),
+            "AAQkConv" + secrets.token_urlsafe(12),
+        )
+        now = dt.datetime.now(dt.UTC)
+        item = MailItem(
+            immutable_id="AAkALgImm" + secrets.token_urlsafe(18),
+            rest_id="AAMkADRest" + secrets.token_urlsafe(18),
+            mailbox=mailbox,
+            folder=self._folder(mailbox, folder).id,
+            raw=raw,
+            internet_message_id=message_id,
+            conversation_id=conversation,
+            is_draft=draft,
+            created=next(self._mail_created),
+            received=now,
+            modified=now,
+        )
+        self._mail_items[item.immutable_id] = item
+        self._rest_ids[item.rest_id] = item.immutable_id
+        self._mail_change(item, "added", item.folder)
+        return item
+
+    def _mail_item(self, mailbox: str, ref: str) -> MailItem:
+        item = self._mail_items.get(ref) or self._mail_items.get(self._rest_ids.get(ref, ""))
+        if item is None or item.gone or item.mailbox != mailbox:
+            raise GraphError(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
+        return item
+
+    def _mail_move(self, item: MailItem, folder: MailFolder | None) -> None:
+        """Move (a new rest id, as Exchange gives a moved item) or, with None, delete."""
+        self._mail_change(item, "removed", item.folder)
+        self._rest_ids.pop(item.rest_id, None)
+        item.modified = dt.datetime.now(dt.UTC)
+        if folder is None:
+            item.gone = True
+            return
+        item.rest_id = "AAMkADRest" + secrets.token_urlsafe(18)
+        self._rest_ids[item.rest_id] = item.immutable_id
+        item.folder = folder.id
+        self._mail_change(item, "added", item.folder)
+
+    def _mail_tick(self) -> None:
+        """Exchange's asynchronous submission: sent messages leave Outbox for Sent Items."""
+        if not self._outbox:
+            return
+        still = []
+        for left, immutable_id in self._outbox:
+            item = self._mail_items[immutable_id]
+            if left > 1:
+                still.append((left - 1, immutable_id))
+            elif not item.gone:
+                self._mail_move(item, self._folder(item.mailbox, "sentitems"))
+        self._outbox = still
+
+    # ------------------------------------------------------------------ JSON
+
+    def _mail_json(
+        self, item: MailItem, immutable: bool, select: str | None = None
+    ) -> dict[str, Any]:
+        import email
+        import email.policy
+
+        msg = email.message_from_bytes(item.raw, policy=email.policy.compat32)
+        body = msg.get_payload() if not msg.is_multipart() else ""
+        stamp = graph_stamp(item.received)
+        full: dict[str, Any] = {
+            "@odata.type": "#microsoft.graph.message",
+            "@odata.etag": f'W/"CQAAABYAAA{item.created:08d}"',
+            "id": item.immutable_id if immutable else item.rest_id,
+            "createdDateTime": stamp,
+            "lastModifiedDateTime": graph_stamp(item.modified),
+            "receivedDateTime": stamp,
+            "sentDateTime": stamp,
+            "hasAttachments": False,
+            "internetMessageId": item.internet_message_id,
+            "subject": str(msg.get("Subject") or ""),
+            "bodyPreview": str(body)[:255] if isinstance(body, str) else "",
+            "importance": "normal",
+            "parentFolderId": item.folder,
+            "conversationId": item.conversation_id,
+            "isRead": item.is_draft,
+            "isDraft": item.is_draft,
+            "from": (_addresses(msg, "From") or [None])[0],
+            "toRecipients": _addresses(msg, "To"),
+            "ccRecipients": _addresses(msg, "Cc"),
+            "bccRecipients": _addresses(msg, "Bcc"),
+            "replyTo": _addresses(msg, "Reply-To"),
+        }
+        if select:
+            wanted = {s.strip().lower() for s in select.split(",")}
+            full = {
+                k: v
+                for k, v in full.items()
+                if k in ("@odata.type", "@odata.etag", "id") or k.lower() in wanted
+            }
+        return full
+
+    @staticmethod
+    def _folder_json(folder: MailFolder, items: list[MailItem]) -> dict[str, Any]:
+        return {
+            "id": folder.id,
+            "displayName": folder.name,
+            "parentFolderId": folder.parent,
+            "childFolderCount": 0,
+            "unreadItemCount": 0,
+            "totalItemCount": sum(1 for i in items if i.folder == folder.id and not i.gone),
+            "isHidden": False,
+        }
+
+    # ------------------------------------------------------------------ routing
+
+    def _mail_route(
+        self,
+        method: str,
+        mailbox: str,
+        rest: list[str],
+        query: dict[str, str],
+        headers: dict[str, str],
+    ) -> tuple[str, Callable[[Any], Response]]:
+        immutable = bool(IMMUTABLE_PREFER.search(headers.get("prefer", "")))
+        size = prefer(headers)[1]
+        if rest == ["messages"] and method == "POST":
+            kind = headers.get("content-type", "")
+            return "messages.create", lambda data: self._mail_create(mailbox, data, kind, immutable)
+        if rest == ["messages"] and method == "GET":
+            return "messages.list", lambda data: self._mail_list(mailbox, None, query, immutable)
+        if len(rest) == 2 and rest[0] == "messages":
+            name = {"GET": "get", "PATCH": "update", "DELETE": "delete"}.get(method)
+            if name is None:
+                raise GraphError(405, "MethodNotAllowed")
+            return f"messages.{name}", lambda data: self._mail_one(
+                method, mailbox, rest[1], data, query, immutable
+            )
+        if len(rest) == 3 and rest[0] == "messages" and rest[2] == "$value" and method == "GET":
+            return "messages.value", lambda data: self._mail_value(mailbox, rest[1])
+        if len(rest) == 3 and rest[0] == "messages" and rest[2] == "send" and method == "POST":
+            return "messages.send", lambda data: self._mail_send(mailbox, rest[1])
+        if len(rest) == 3 and rest[0] == "messages" and rest[2] == "move" and method == "POST":
+            return "messages.move", lambda data: self._mail_move_call(
+                mailbox, rest[1], data, immutable
+            )
+        if rest == ["mailFolders"]:
+            return self._folder_route(method, mailbox, "msgfolderroot", query)
+        if len(rest) == 2 and rest[0] == "mailFolders" and method == "GET":
+            return "mailFolders.get", lambda data: Response(
+                200,
+                self._folder_json(self._folder(mailbox, rest[1]), list(self._mail_items.values())),
+            )
+        if len(rest) == 3 and rest[0] == "mailFolders" and rest[2] == "childFolders":
+            return self._folder_route(method, mailbox, rest[1], query)
+        if len(rest) == 3 and rest[0] == "mailFolders" and rest[2] == "messages":
+            return "messages.list", lambda data: self._mail_list(mailbox, rest[1], query, immutable)
+        if rest[:1] == ["mailFolders"] and rest[2:] == ["messages", "delta"] and method == "GET":
+            return "messages.delta", lambda data: self._mail_delta_page(
+                mailbox, rest[1], query, size, immutable
+            )
+        raise GraphError(400, "BadRequest", f"{method} {'/'.join(rest)} is not served here")
+
+    def _folder_route(
+        self, method: str, mailbox: str, parent_ref: str, query: dict[str, str]
+    ) -> tuple[str, Callable[[Any], Response]]:
+        if method == "GET":
+            return "mailFolders.list", lambda data: self._folder_list(mailbox, parent_ref, query)
+        if method == "POST":
+            return "mailFolders.create", lambda data: self._folder_create(mailbox, parent_ref, data)
+        raise GraphError(405, "MethodNotAllowed")
+
+    # ------------------------------------------------------------------ folders
+
+    def _folder_list(self, mailbox: str, parent_ref: str, query: dict[str, str]) -> Response:
+        parent = self._folder(mailbox, parent_ref)
+        wanted = None
+        text = query.get("$filter", "").strip()
+        if text:
+            match = FOLDER_NAME_FILTER.match(text)
+            if not match:
+                raise GraphError(400, "ErrorInvalidUrlQueryFilter", "filter not served here")
+            wanted = match.group(1).replace("''", "'").lower()
+        items = list(self._mail_items.values())
+        value = [
+            self._folder_json(f, items)
+            for f in self._folders.values()
+            if f.parent == parent.id and (wanted is None or f.name.lower() == wanted)
+        ]
+        return Response(200, {"value": value})
+
+    def _folder_create(self, mailbox: str, parent_ref: str, data: Any) -> Response:
+        parent = self._folder(mailbox, parent_ref)
+        name = data.get("displayName") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            raise GraphError(400, "ErrorInvalidRequest", "displayName is required")
+        if any(
+            f.parent == parent.id and f.name.lower() == name.lower() for f in self._folders.values()
+        ):
+            raise GraphError(
+                409, "ErrorFolderExists", "A folder with the specified name already exists."
+            )
+        folder = MailFolder("AQMkFolder" + secrets.token_urlsafe(12), mailbox, name, parent.id)
+        self._folders[folder.id] = folder
+        return Response(201, self._folder_json(folder, []))
+
+    # ------------------------------------------------------------------ messages
+
+    def _mail_create(self, mailbox: str, data: Any, kind: str, immutable: bool) -> Response:
+        if not kind.lower().startswith("text/plain"):
+            raise GraphError(
+                400, "BadRequest", "only MIME drafts (Content-Type: text/plain) are served here"
+            )
+        body = data if isinstance(data, bytes) else b""
+        if len(body) > self.mail_request_limit:
+            raise GraphError(
+                413,
+                "ErrorRequestEntityTooLarge",
+                f"The request is larger than {self.mail_request_limit} bytes.",
+            )
+        try:
+            raw = base64.b64decode(b"".join(body.split()), validate=True)
+        except ValueError as exc:
+            raise GraphError(
+                400,
+                "ErrorMimeContentInvalidBase64String",
+                "Invalid base64 string for MIME content.",
+            ) from exc
+        head, sep, _ = _header_block(raw)
+        if not raw or not sep or b":" not in head.split(b"\n", 1)[0]:
+            raise GraphError(
+                400,
+                "ErrorMimeContentInvalid",
+                "MIME content does not contain all required information.",
+            )
+        item = self._new_item(mailbox, raw, draft=True, folder="drafts")
+        return Response(201, self._mail_json(item, immutable))
+
+    def _mail_send(self, mailbox: str, ref: str) -> Response:
+        import email
+        import email.policy
+
+        item = self._mail_item(mailbox, ref)
+        if not item.is_draft:
+            raise GraphError(400, "ErrorInvalidRequest", "The message has already been sent.")
+        msg = email.message_from_bytes(item.raw, policy=email.policy.compat32)
+        recipients = [
+            a["emailAddress"]["address"].lower() for a in _addresses(msg, "To", "Cc", "Bcc")
+        ]
+        if not recipients:
+            raise GraphError(400, "ErrorInvalidRecipients", "At least one recipient is not valid.")
+        item.is_draft = False
+        self._sends[item.internet_message_id] += 1
+        self.outgoing.append(
+            {
+                "mailbox": mailbox,
+                "internetMessageId": item.internet_message_id,
+                "recipients": recipients,
+                "raw": item.raw,
+            }
+        )
+        if self.outbox_requests > 0:
+            self._mail_move(item, self._folder(mailbox, "outbox"))
+            self._outbox.append((self.outbox_requests, item.immutable_id))
+        else:
+            self._mail_move(item, self._folder(mailbox, "sentitems"))
+        return Response(202)
+
+    def _mail_value(self, mailbox: str, ref: str) -> Response:
+        item = self._mail_item(mailbox, ref)
+        return Response(200, item.raw, {"Content-Type": "text/plain"})
+
+    def _mail_one(
+        self,
+        method: str,
+        mailbox: str,
+        ref: str,
+        data: Any,
+        query: dict[str, str],
+        immutable: bool,
+    ) -> Response:
+        item = self._mail_item(mailbox, ref)
+        if method == "DELETE":
+            deleted = self._folder(mailbox, "deleteditems")
+            self._mail_move(item, None if item.folder == deleted.id else deleted)
+            return Response(204)
+        if method == "PATCH":
+            if not isinstance(data, dict):
+                raise GraphError(400, "BadRequest", "a message object is expected")
+            if not item.is_draft and set(data) - {"singleValueExtendedProperties", "isRead"}:
+                raise GraphError(400, "ErrorInvalidRequest", "only drafts can be changed")
+            for prop in data.get("singleValueExtendedProperties") or ():
+                item.properties[str(prop["id"]).lower()] = {
+                    "id": str(prop["id"]),
+                    "value": str(prop.get("value", "")),
+                }
+            item.modified = dt.datetime.now(dt.UTC)
+        return Response(200, self._mail_json(item, immutable, query.get("$select")))
+
+    def _mail_move_call(self, mailbox: str, ref: str, data: Any, immutable: bool) -> Response:
+        item = self._mail_item(mailbox, ref)
+        target = data.get("destinationId") if isinstance(data, dict) else None
+        if not isinstance(target, str) or not target:
+            raise GraphError(400, "ErrorInvalidRequest", "destinationId is required")
+        folder = self._folder(mailbox, target)
+        if folder.id != item.folder:
+            self._mail_move(item, folder)
+        return Response(201, self._mail_json(item, immutable))
+
+    def _mail_list(
+        self, mailbox: str, folder_ref: str | None, query: dict[str, str], immutable: bool
+    ) -> Response:
+        folder = self._folder(mailbox, folder_ref) if folder_ref else None
+        test: Callable[[MailItem], bool] = lambda item: True  # noqa: E731
+        text = query.get("$filter", "").strip()
+        if text:
+            by_id = MESSAGE_ID_FILTER.match(text)
+            by_prop = MIME_PROPERTY_FILTER.match(text)
+            if by_id:
+                wanted = by_id.group(1).replace("''", "'")
+                test = lambda item: item.internet_message_id == wanted  # noqa: E731
+            elif by_prop:
+                key, value = by_prop.group(2).lower(), by_prop.group(3).replace("''", "'")
+                test = lambda item: (item.properties.get(key) or {}).get("value") == value  # noqa: E731
+            else:
+                raise GraphError(400, "ErrorInvalidUrlQueryFilter", "filter not served here")
+        try:
+            top = int(query.get("$top", MAIL_DEFAULT_TOP))
+        except ValueError as exc:
+            raise GraphError(400, "BadRequest", "$top must be a number") from exc
+        found = [
+            item
+            for item in sorted(self._mail_items.values(), key=lambda i: i.created)
+            if item.mailbox == mailbox
+            and not item.gone
+            and (folder is None or item.folder == folder.id)
+            and test(item)
+        ]
+        select = query.get("$select")
+        return Response(
+            200, {"value": [self._mail_json(i, immutable, select) for i in found[:top]]}
+        )
+
+    # ------------------------------------------------------------------ delta
+
+    def _mail_delta_url(self, mailbox: str, folder_ref: str) -> str:
+        return (
+            f"{self.base_url}/users/{quote(mailbox, safe='@')}/mailFolders/"
+            f"{quote(folder_ref, safe='')}/messages/delta"
+        )
+
+    def _mail_refuse(self, mailbox: str, folder_ref: str, select: str | None) -> Response:
+        how = self._refusal[0] if self._refusal else "gone"
+        if how == "gone":
+            location = self._mail_delta_url(mailbox, folder_ref)
+            if select:
+                location += "?$select=" + quote(select, safe=",")
+            return error(410, "resyncRequired", "Resync required", Location=location)
+        return error(400, how, "The sync state is no longer valid")
+
+    def _mail_delta_page(
+        self,
+        mailbox: str,
+        folder_ref: str,
+        query: dict[str, str],
+        size: int | None,
+        immutable: bool,
+    ) -> Response:
+        size = size or self.page_size
+        token = query.get("$skiptoken") or query.get("$deltatoken")
+        folder = self._folder(mailbox, folder_ref)
+        if token is None:
+            select = query.get("$select")
+            if self._refusal and self._refusal[1]:
+                return self._mail_refuse(mailbox, folder_ref, select)
+            present = sorted(
+                (i for i in self._mail_items.values() if i.folder == folder.id and not i.gone),
+                key=lambda i: (i.received, i.created),
+            )
+            entries = [("item", i.immutable_id) for i in present]
+            state = {
+                "mailbox": mailbox,
+                "folder": folder.id,
+                "ref": folder_ref,
+                "seq": self._mail_seq,
+                "select": select,
+                "generation": self._delta_generation,
+            }
+            return self._mail_round(state, entries, size, immutable)
+        state = self._mail_delta.get(token)
+        if state is None or state["mailbox"] != mailbox or state["folder"] != folder.id:
+            return error(400, "syncStateNotFound", "The sync state was not found")
+        if state["generation"] != self._delta_generation and self._refusal:
+            return self._mail_refuse(mailbox, folder_ref, state["select"])
+        if "entries" in state:  # a nextLink inside a round
+            return self._mail_round(state, state["entries"], size, immutable, start=state["pos"])
+        entries = []
+        for seq, kind, immutable_id, where in self._mail_changes.get(mailbox, []):
+            if seq <= state["seq"] or where != folder.id:
+                continue
+            item = self._mail_items[immutable_id]
+            if kind == "removed":
+                entries.append(("removed", immutable_id))
+            elif item.folder == folder.id and not item.gone:
+                entries.append(("item", immutable_id))
+        fresh = {**state, "seq": self._mail_seq, "generation": self._delta_generation}
+        fresh.pop("entries", None)
+        fresh.pop("pos", None)
+        return self._mail_round(fresh, entries, size, immutable)
+
+    def _mail_round(
+        self,
+        state: dict[str, Any],
+        entries: list[tuple[str, str]],
+        size: int,
+        immutable: bool,
+        start: int = 0,
+    ) -> Response:
+        value = []
+        for kind, immutable_id in entries[start : start + size]:
+            item = self._mail_items[immutable_id]
+            shown = item.immutable_id if immutable else item.rest_id
+            if kind == "removed":
+                value.append(
+                    {
+                        "@odata.type": "#microsoft.graph.message",
+                        "id": shown,
+                        "@removed": {"reason": "deleted"},
+                    }
+                )
+            elif item.folder == state["folder"] and not item.gone:
+                value.append(self._mail_json(item, immutable, state["select"]))
+        token = secrets.token_urlsafe(12)
+        base = self._mail_delta_url(state["mailbox"], state["ref"])
+        common = {k: v for k, v in state.items() if k not in ("entries", "pos")}
+        if start + size < len(entries):
+            self._mail_delta[token] = {**common, "entries": entries, "pos": start + size}
+            return Response(200, {"@odata.nextLink": f"{base}?$skiptoken={token}", "value": value})
+        self._mail_delta[token] = common
+        return Response(200, {"@odata.deltaLink": f"{base}?$deltatoken={token}", "value": value})
+
+
 # --------------------------------------------------------------------------- the fake
 
 
-class GraphFake:
+class GraphFake(MailboxFake):
     """The fake. ``with GraphFake() as fake:`` or ``start()`` / ``stop()``."""
 
     def __init__(
@@ -416,6 +1116,9 @@ class GraphFake:
         subscription_grant_minutes: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        rewrite_internet_message_ids: bool = False,
+        outbox_requests: int = 0,
+        mail_request_limit: int = MAIL_REQUEST_LIMIT,
     ):
         self.tenant, self.client_id, self.client_secret = tenant, client_id, client_secret
         self.tls = tls
@@ -437,12 +1140,18 @@ class GraphFake:
         self._tokens: dict[str, float] = {}
         self._faults: dict[str, Any] | None = None
         self._next_faults: dict[bool, list[tuple[int, str | None]]] = {False: [], True: []}
+        self._lost: dict[str, list[int]] = {}  # operation -> statuses of answers to lose
         self.counts: Counter[str] = Counter()
         self.ops: Counter[str] = Counter()
         self.inner_ops: Counter[str] = Counter()
         self.batch_sizes: list[int] = []  # requests per $batch, in arrival order
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._mail_init(
+            rewrite_internet_message_ids=rewrite_internet_message_ids,
+            outbox_requests=outbox_requests,
+            mail_request_limit=mail_request_limit,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -516,6 +1225,8 @@ class GraphFake:
                 "inner_ops": dict(self.inner_ops),
                 "batch_sizes": list(self.batch_sizes),
                 "events": dict(events),
+                "mail_sent": sum(self._sends.values()),
+                "mail_messages": sum(1 for i in self._mail_items.values() if not i.gone),
             }
 
     def reset_counters(self) -> None:
@@ -661,6 +1372,20 @@ class GraphFake:
         with self._lock:
             self._next_faults[inner] += [(status, retry_after)] * count
 
+    def lose_next(self, op: str, count: int = 1, status: int = 503) -> None:
+        """The next ``count`` calls of operation ``op`` (e.g. ``messages.create``) take
+        effect, and then their answer is lost: the client gets ``status`` instead."""
+        with self._lock:
+            self._lost.setdefault(op, []).extend([status] * count)
+
+    def _lose(self, op: str) -> Response | None:
+        with self._lock:
+            statuses = self._lost.get(op)
+            if not statuses:
+                return None
+            self.ops["lost"] += 1
+            return self._fault_response((statuses.pop(0), None, True))
+
     def remove_subscription(self, subscription_id: str) -> None:
         with self._lock:
             self._subscriptions.pop(subscription_id, None)
@@ -743,6 +1468,7 @@ class GraphFake:
                 return error(404, "NotFound", path)
             with self._lock:
                 self.counts["graph"] += 1
+                self._mail_tick()
             if not self._authorized(headers):
                 with self._lock:
                     self.ops["unauthorized"] += 1
@@ -755,6 +1481,9 @@ class GraphFake:
             op, response = self._dispatch(method, segments[1:], query, headers, body)
             with self._lock:
                 self.ops[op] += 1
+            lost = self._lose(op) if response.status < 400 else None
+            if lost is not None:
+                return lost
             if fault:  # the call took effect; its answer is lost
                 with self._lock:
                     self.ops["fault.after"] += 1
@@ -869,7 +1598,7 @@ class GraphFake:
         """(operation name, answer); a refused call is answered and counted like any other."""
         op, call = self._route(method, seg, query, headers)
         try:
-            data = self._json(body)
+            data = body if op == "messages.create" else self._json(body)
             if op in ("subscriptions.create", "$batch"):  # they lock for themselves
                 return op, call(data)
             with self._lock:
@@ -887,6 +1616,8 @@ class GraphFake:
         if len(seg) < 3 or seg[0] != "users":
             raise GraphError(400, "BadRequest", "only /users/{id}/… is served here")
         mailbox, rest = seg[1].lower(), seg[2:]
+        if rest[0] in ("messages", "mailFolders"):
+            return self._mail_route(method, mailbox, rest, query, headers)
         if rest and rest[0] == "calendar" and rest[1:2] != ["getSchedule"]:
             rest = rest[1:]  # /users/x/calendar/events == /users/x/events (default calendar)
         tz, page = prefer(headers)
@@ -1411,6 +2142,14 @@ class GraphFake:
             query = {k.lower(): v[-1] for k, v in parse_qs(parts.query).items()}
             seg = [unquote(s) for s in parts.path.strip("/").split("/")]
             body = json.dumps(r["body"]).encode() if r.get("body") is not None else b""
+            kind = headers.get("content-type", "application/json").lower()
+            if isinstance(r.get("body"), str) and not kind.startswith("application/json"):
+                # JSON batching: a body that is not JSON travels base64-encoded.
+                try:
+                    body = base64.b64decode(r["body"])
+                except ValueError:
+                    answers.append(self._answer(r, error(400, "BadRequest", "body not base64")))
+                    continue
             fault = self._fault(inner=True)
             if fault and not fault[2]:
                 with self._lock:
@@ -1423,6 +2162,8 @@ class GraphFake:
                 )
                 with self._lock:
                     self.inner_ops[op] += 1
+                if response.status < 400:
+                    response = self._lose(op) or response
             except GraphError as exc:
                 response = error(exc.status, exc.code, exc.message)
             if fault:  # the call took effect; its answer is lost
