@@ -316,11 +316,13 @@ _calendar_google.register(benchmark, Result)
 _calendar_graph.register(benchmark, Result)
 
 # mail.*: inbound volume, SMTP connection reuse, IMAP ingest.
+from bench import mail_imap as _mail_imap  # noqa: E402
 from bench import mail_smtp as _mail_smtp  # noqa: E402
 from bench import mail_volume as _mail_volume  # noqa: E402
 
 _mail_volume.register(benchmark, Result)
 _mail_smtp.register(benchmark, Result)
+_mail_imap.register(benchmark, Result)
 
 
 def main(argv: list[str] | None = None) -> int:

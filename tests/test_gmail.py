@@ -583,12 +583,6 @@ def test_fake_stores_what_the_client_sent(fake, tmp_path):
     assert stored.startswith(b"Message-ID: <CA+")  # Gmail adds one when there is none
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared code, see notes/gmail.md: the reminder's subject is not the prompt's (Gmail "
-    "threads only equal subjects) and its In-Reply-To cites our Message-ID, not the one "
-    "Gmail rewrote the prompt's to (the id its recipient saw)",
-)
 def test_a_reminder_joins_the_prompts_thread_on_both_sides(rt, fake, clock, tmp_path):
     fake.rewrite_message_ids = True
     start_organization(rt, tmp_path)

@@ -176,11 +176,12 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
         return f"no-recipient ({rung.notify})"
     to_manager = recipient.id == subject.manager.id
     prompt = session.scalar(
-        select(OutboundMessage.message_id).where(
+        select(OutboundMessage).where(
             OutboundMessage.organization_id == task.organization_id,
             OutboundMessage.idempotency_key == subject.prompt_key,
         )
     )
+    threaded = to_manager and prompt is not None
     overdue = max((now - subject.base).days, 0)
     message = queue_email(
         rt,
@@ -192,7 +193,10 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
         to=[recipient],
         # The manager can document straight from a reminder, in the prompt's thread.
         reply_to=reply_to_for(rt, task.organization_id, kind, subject.id) if to_manager else None,
-        in_reply_to=prompt if to_manager else None,
+        # Cite the prompt by the Message-ID its recipient saw (a provider may have rewritten
+        # ours), under its subject: Gmail threads a message only when the subjects match.
+        in_reply_to=(prompt.sent_message_id or prompt.message_id) if threaded else None,
+        subject=f"Re: {prompt.subject}" if threaded else None,
         occurrence_id=subject.id if kind == "occurrence" else None,
         pip_review_id=subject.id if kind == "pip_review" else None,
         context={

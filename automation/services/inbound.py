@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -249,9 +249,11 @@ def _token_of_prompt(
     session: Session, organization_id: int, message_ids: Sequence[str], kinds: Sequence[str] = ()
 ) -> ReplyToken | None:
     """The check-in or PIP review one of our emails (by Message-ID) was about."""
+    ids = list(message_ids)
     query = select(OutboundMessage).where(
         OutboundMessage.organization_id == organization_id,
-        OutboundMessage.message_id.in_(list(message_ids)),
+        # Ours, or the one the provider sent it under (Gmail and Graph may rewrite it).
+        or_(OutboundMessage.message_id.in_(ids), OutboundMessage.sent_message_id.in_(ids)),
     )
     if kinds:
         query = query.where(OutboundMessage.kind.in_(list(kinds)))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.utils
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from automation import audit
@@ -67,9 +67,11 @@ def queue_email(
     occurrence_id: int | None = None,
     pip_review_id: int | None = None,
     calendar: tuple[str, bytes] | None = None,
+    subject: str | None = None,
 ) -> OutboundMessage:
     """Put one email in the outbox (once per key) and schedule its sending. ``calendar`` is
-    an iMIP part, ``(METHOD, ics bytes)`` (see :func:`automation.emails.build_message`)."""
+    an iMIP part, ``(METHOD, ics bytes)`` (see :func:`automation.emails.build_message`).
+    ``subject`` replaces the template's (a reply in an existing thread keeps its subject)."""
     existing = session.scalar(
         select(OutboundMessage).where(
             OutboundMessage.organization_id == organization_id,
@@ -87,6 +89,8 @@ def queue_email(
         **context,
     }
     rendered = render(rt.settings.templates_dir, template, context)
+    if subject is not None:
+        rendered = replace(rendered, subject=subject)
     message_id = make_message_id(f"{organization_id}:{key}", sender_domain(rt))
     raw = build_message(
         rendered,
@@ -126,10 +130,14 @@ def outgoing(rt: Runtime, session: Session, message: OutboundMessage) -> Outgoin
     thread = None
     parent_id = email.message_from_bytes(message.raw[:8192]).get("In-Reply-To")
     if parent_id:
+        cited = parent_id.strip()
         thread = session.scalar(
             select(OutboundMessage.provider_thread).where(
                 OutboundMessage.organization_id == message.organization_id,
-                OutboundMessage.message_id == parent_id.strip(),
+                or_(
+                    OutboundMessage.message_id == cited,
+                    OutboundMessage.sent_message_id == cited,
+                ),
             )
         )
     return OutgoingMail(
@@ -209,8 +217,10 @@ def send_message(rt: Runtime, session: Session, task: Task) -> str:
     message.attempts += 1
     mail = outgoing(rt, session, message)
     # A worker may have died after the provider accepted the message and before this row was
-    # marked sent: look for the earlier attempt before sending again.
-    sent = rt.sender.already_sent(mail)
+    # marked sent: look for the earlier attempt before sending again. Only a task claimed
+    # before can have one (each claim is committed on its own), so first attempts skip the
+    # lookup and its quota.
+    sent = rt.sender.already_sent(mail) if task.attempts > 1 else None
     if sent is not None:
         result = "found-earlier-attempt"
     else:
