@@ -424,3 +424,43 @@ def test_a_reply_piped_by_the_mta_is_recorded(rt, org, clock, settings):
         (record,) = session.scalars(select(ConversationRecord))
         source = session.get(InboundMessage, record.source_message_id)
     assert record.rating == 5 and source.source == "pipe" and source.raw == raw
+
+
+def test_twenty_workers_dying_after_the_maildir_took_a_message_send_each_once(rt, clock, tmp_path):
+    """The embedded transport under the same 20 deaths as the SMTP, Gmail and Graph ones."""
+    import random
+
+    from tests.test_smtp import KILLS, TEAM
+
+    rng = random.Random(7)
+    original, killed, dying = rt.sender.send, [], [False]
+
+    def send_then_maybe_die(mail):
+        sent = original(mail)
+        if dying[0] and len(killed) < KILLS and rng.random() < 0.3:
+            killed.append(mail.message_id)
+            raise SystemExit("worker killed after the Maildir took the message")
+        return sent
+
+    rt.sender.send = send_then_maybe_die
+    start_organization(rt, tmp_path, TEAM)
+    dying[0] = True
+    end = clock.now() + dt.timedelta(weeks=3)
+    while clock.now() < end:
+        clock.advance(dt.timedelta(hours=1))
+        while True:
+            try:
+                run_due(rt)
+                break
+            except SystemExit:
+                pass
+    dying[0] = False
+    clock.advance(dt.timedelta(seconds=rt.settings.lease_seconds + 60))
+    run_due(rt)
+    with rt.factory() as session:
+        rows = list(session.scalars(select(OutboundMessage)))
+    files = list((rt.settings.outbox / "new").iterdir())
+    assert len(killed) == KILLS and len(rows) >= 3 * KILLS
+    assert [r.message_id for r in rows if r.state != "sent"] == []  # 0 lost
+    delivered = [email.message_from_bytes(f.read_bytes())["Message-ID"] for f in files]
+    assert sorted(delivered) == sorted(r.message_id for r in rows)  # 0 duplicates
