@@ -103,10 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     worker.join()
                 print(f"done after {rounds} tick(s)")
                 break
-            for _ in range(rt.settings.tick_seconds * 10):
-                if stopping:
-                    break
-                time.sleep(0.1)
+            _between_ticks(rt, lambda: stopping)
     finally:
         if web:
             server, thread = web
@@ -115,6 +112,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         if worker:
             worker.stop()
     return EX_OK
+
+
+def _between_ticks(rt: Any, stopping: Any) -> None:
+    """Wait ``tick_seconds`` before the next tick. An IMAP inbox with IDLE waits on the
+    server instead, in short slices so a signal still stops the loop quickly, and cuts the
+    wait short when mail arrives."""
+    idle = getattr(rt.inbox, "supports_idle", False) and hasattr(rt.inbox, "wait")
+    deadline = time.monotonic() + rt.settings.tick_seconds
+    while not stopping() and time.monotonic() < deadline:
+        if idle:
+            try:
+                if rt.inbox.wait(min(5.0, max(deadline - time.monotonic(), 0.1))):
+                    return  # something arrived: tick now
+            except Exception:  # noqa: BLE001 - IDLE is an optimisation; fall back to sleeping
+                idle = False
+        else:
+            time.sleep(0.1)
 
 
 def _netloc(host: str, port: int) -> str:
