@@ -15,18 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 COUNT = 10_000
 
 
 def _world(folder: Path) -> tuple[Any, int, list[Any], dict[str, str]]:
     from automation.clock import SimulatedClock
-    from automation.models import CheckinSeries, OutboundMessage, Person
     from automation.runtime import build_runtime
     from automation.settings import PROJECT_ROOT, Settings
     from tests.conftest import START, start_organization
     from tests.test_loop import advance_until, occurrences
+    from tests.volume import prompts_and_managers
 
     clock = SimulatedClock(START)
     settings = Settings(
@@ -41,19 +39,7 @@ def _world(folder: Path) -> tuple[Any, int, list[Any], dict[str, str]]:
     org = start_organization(rt, folder)
     last = occurrences(rt, "kai@acme.test")[0]
     advance_until(rt, clock, last.end_at + dt.timedelta(hours=2))
-    with rt.factory() as session:
-        prompts = list(
-            session.scalars(select(OutboundMessage).where(OutboundMessage.kind == "followup"))
-        )
-        managers = {}
-        for prompt in prompts:
-            series = session.scalars(
-                select(CheckinSeries)
-                .join(Person, Person.id == CheckinSeries.employee_id)
-                .where(Person.email == prompt.recipients[0])
-            ).first()
-            manager = session.get(Person, series.manager_id) if series else None
-            managers[prompt.message_id] = manager.email if manager else prompt.recipients[0]
+    prompts, managers = prompts_and_managers(rt)
     return rt, org, prompts, managers
 
 

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
-
-from automation.models import CheckinSeries, OutboundMessage, Person
 from automation.services.loop import run_due
 from tests.conftest import start_organization
 from tests.test_loop import advance_until, occurrences
-from tests.volume import outcome, stream
+from tests.volume import outcome, prompts_and_managers, stream
 
 COUNT = 600
 
@@ -23,19 +20,7 @@ def test_a_mixed_stream_of_inbound_mail_is_all_stored_and_settled(rt, clock, tmp
     org = start_organization(rt, tmp_path)
     last = occurrences(rt, "kai@acme.test")[0]
     advance_until(rt, clock, last.end_at + dt.timedelta(hours=2))
-    with rt.factory() as session:
-        prompts = list(
-            session.scalars(select(OutboundMessage).where(OutboundMessage.kind == "followup"))
-        )
-        managers = {}
-        for prompt in prompts:
-            series = session.scalars(
-                select(CheckinSeries)
-                .join(Person, Person.id == CheckinSeries.employee_id)
-                .where(Person.email == prompt.recipients[0])
-            ).first()
-            manager = session.get(Person, series.manager_id) if series else None
-            managers[prompt.message_id] = manager.email if manager else prompt.recipients[0]
+    prompts, managers = prompts_and_managers(rt)
     assert prompts
     distinct = set()
     kinds = set()

@@ -106,6 +106,26 @@ def stream(
         yield kind, raw
 
 
+def prompts_and_managers(rt) -> tuple[list[OutboundMessage], dict[str, str]]:  # type: ignore[no-untyped-def]
+    """The follow-up prompts sent so far, and who may answer each (its check-in's manager)."""
+    from automation.models import CheckinSeries, Person
+
+    with rt.factory() as session:
+        prompts = list(
+            session.scalars(select(OutboundMessage).where(OutboundMessage.kind == "followup"))
+        )
+        managers = {}
+        for prompt in prompts:
+            series = session.scalars(
+                select(CheckinSeries)
+                .join(Person, Person.id == CheckinSeries.employee_id)
+                .where(Person.email == prompt.recipients[0])
+            ).first()
+            manager = session.get(Person, series.manager_id) if series else None
+            managers[prompt.message_id] = manager.email if manager else prompt.recipients[0]
+    return prompts, managers
+
+
 @dataclass(frozen=True)
 class Outcome:
     distinct: int
