@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -129,3 +130,99 @@ def verify_chain(session: Session, organization_id: int) -> tuple[bool, int | No
         prev = e.hash
         expected_seq += 1
     return True, None
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """The result of :func:`verify` for one organization.
+
+    ``problem`` is ``None`` when intact; else ``"altered"`` (entry ``seq``'s stored hash or
+    link does not match its content), ``"missing"`` (entry ``seq`` is gone: a gap in the
+    sequence, or the log ends before the organization's recorded head) or ``"unexpected"``
+    (entry ``seq`` lies beyond the recorded head: appended outside :func:`record`).
+    """
+
+    organization_id: int
+    organization: str
+    entries: int
+    problem: str | None = None
+    seq: int | None = None
+    detail: str = ""
+
+    @property
+    def intact(self) -> bool:
+        return self.problem is None
+
+
+def verify(session: Session, organization_id: int) -> ChainCheck:
+    """Recompute one organization's chain from the first entry; name the first bad one.
+
+    Besides each entry's own hash and its link to the previous one, the last entry must be the
+    head the organization row records (``audit_seq``, ``audit_head``, written in the same
+    transaction as every append), so removing the newest entries is caught too.
+    """
+    org = session.get(Organization, organization_id)
+    assert org is not None
+    prev, expected, count = "0" * 64, 1, 0
+
+    def check(problem: str, seq: int, detail: str) -> ChainCheck:
+        return ChainCheck(organization_id, org.slug, count, problem, seq, detail)
+
+    rows = session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.organization_id == organization_id)
+        .order_by(AuditEntry.seq)
+        .execution_options(yield_per=1000)
+    )
+    for e in rows:
+        if e.seq > org.audit_seq:
+            return check(
+                "unexpected",
+                e.seq,
+                f"entry {e.seq} lies beyond the recorded head (entry {org.audit_seq})",
+            )
+        if e.seq != expected:
+            gap = f"{expected}" if e.seq == expected + 1 else f"{expected}-{e.seq - 1}"
+            return check("missing", expected, f"entry {gap} removed (the next entry is {e.seq})")
+        digest = entry_hash(
+            prev, e.seq, e.at, e.actor, e.action, e.subject_kind, e.subject_id, e.data
+        )
+        if e.hash != digest:
+            if e.prev_hash != prev and e.hash == entry_hash(
+                e.prev_hash, e.seq, e.at, e.actor, e.action, e.subject_kind, e.subject_id, e.data
+            ):
+                # This entry is whole and still links to the original hash of the one before:
+                # that one was changed and given a fresh hash.
+                return check(
+                    "altered",
+                    e.seq - 1,
+                    f"entry {e.seq - 1} was changed and re-hashed (entry {e.seq} still links "
+                    "to its original hash)",
+                )
+            return check("altered", e.seq, f"entry {e.seq}'s content does not match its hash")
+        if e.prev_hash != prev:
+            return check("altered", e.seq, f"entry {e.seq}'s link to entry {e.seq - 1} changed")
+        prev, expected, count = e.hash, expected + 1, count + 1
+    if count < org.audit_seq:
+        return check(
+            "missing",
+            expected,
+            f"entries {expected}-{org.audit_seq} removed (the log ends at {count})"
+            if expected < org.audit_seq
+            else f"entry {expected} removed (the log ends at {count})",
+        )
+    if prev != org.audit_head:
+        return check(
+            "altered",
+            count,
+            f"the chain does not end in the recorded head hash: rewritten up to entry {count}",
+        )
+    return ChainCheck(organization_id, org.slug, count)
+
+
+def verify_all(session: Session) -> list[ChainCheck]:
+    """:func:`verify` for every organization, by id."""
+    return [
+        verify(session, org_id)
+        for org_id in session.scalars(select(Organization.id).order_by(Organization.id))
+    ]

@@ -324,6 +324,11 @@ _mail_volume.register(benchmark, Result)
 _mail_smtp.register(benchmark, Result)
 _mail_imap.register(benchmark, Result)
 
+# escalation.*: the escalation tick on PostgreSQL at 1M vs 10k occurrences.
+from bench import escalation as _escalation  # noqa: E402
+
+_escalation.register(benchmark, Result)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
