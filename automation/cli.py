@@ -740,12 +740,275 @@ def cmd_calendars_sync(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """An employee's whole timeline as JSON, HTML or PDF; --bundle adds the sources (zip).
+
+    Runs as an operator, with the database's full view (the console's roles come later)."""
+    from automation.services.export import (
+        EmployeeNotFound,
+        bundle,
+        invites,
+        parse_zone,
+        render,
+        timeline,
+    )
+
+    rt = _inbox_runtime(args)
+    try:
+        try:
+            zone = parse_zone(args.timezone or rt.settings.default_timezone)
+        except ValueError as exc:
+            print(f"automation export: {exc}", file=sys.stderr)
+            return EX_USAGE
+        org = _org(rt)
+        with rt.factory() as session:
+            try:
+                tl = timeline(session, org, args.employee, zone)
+            except EmployeeNotFound as exc:
+                print(f"automation export: {exc}", file=sys.stderr)
+                return EX_DATAERR
+            output = render(tl, args.format, rt.settings.templates_dir)
+            zipped = (
+                bundle(
+                    tl,
+                    invites(rt, session, org, tl),
+                    {} if args.format == "json" else {f"timeline.{args.format}": output},
+                )
+                if args.bundle
+                else None
+            )
+    finally:
+        rt.engine.dispose()
+    if args.out and args.out != "-":
+        Path(args.out).write_bytes(output)
+    elif args.format == "pdf" and sys.stdout.isatty():
+        print("automation export: a PDF goes to a file: add --out FILE", file=sys.stderr)
+        return EX_USAGE
+    else:
+        sys.stdout.buffer.write(output)
+        sys.stdout.buffer.flush()
+    if zipped is not None:
+        Path(args.bundle).write_bytes(zipped)
+    where = f" to {args.out}" if args.out and args.out != "-" else ""
+    print(
+        f"exported {len(tl.events)} event(s) of {tl.employee['email']}{where}"
+        + (f"; bundle {args.bundle}" if zipped is not None else ""),
+        file=sys.stderr,
+    )
+    return EX_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Recompute each organization's hash chain; exit 1 naming the first bad entry."""
+    from automation.audit import verify_all
+
+    rt = _inbox_runtime(args)
+    try:
+        with rt.factory() as session:
+            checks = verify_all(session)
+    finally:
+        rt.engine.dispose()
+    if args.json:
+        print(json.dumps([{**asdict(c), "intact": c.intact} for c in checks], indent=2))
+    else:
+        for c in checks:
+            if c.intact:
+                print(f"{c.organization}: intact, {c.entries} entries")
+            else:
+                print(f"{c.organization}: BROKEN at entry {c.seq} ({c.problem}): {c.detail}")
+        if not checks:
+            print("no organizations: nothing to verify")
+    return EX_OK if all(c.intact for c in checks) else 1
+
+
+def _pip_call(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
+    """Run one PIP operation in a transaction on the configured database; work it schedules
+    (emails, the calendar series) is done by `automation run`."""
+    import getpass
+
+    from automation.db import transaction
+    from automation.services.pips import PipError
+
+    rt = _inbox_runtime(args)
+    try:
+        org = _org(rt)
+        with transaction(rt.factory) as session:
+            return action(rt, session, org, f"operator:{getpass.getuser()}")
+    except PipError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return None
+    finally:
+        rt.engine.dispose()
+
+
+def cmd_pip_start(args: argparse.Namespace) -> int:
+    from automation.config import load_goals, load_pip_templates
+    from automation.services.pips import start_pip_from_template
+
+    settings = _settings(args)
+    found = load_pip_templates(settings)
+    if args.template not in found:
+        print(
+            f"no PIP template {args.template!r} in {settings.config_dir / 'pips'}; "
+            f"known: {', '.join(sorted(found)) or 'none'}",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
+    goals = load_goals(Path(args.goals))
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        pip = start_pip_from_template(
+            rt, session, org, args.employee, found[args.template], goals, actor=actor
+        )
+        return (pip.id, pip.ends_on)
+
+    done = _pip_call(args, action)
+    if done is None:
+        return EX_DATAERR
+    print(f"PIP {done[0]} started for {args.employee}, ends {done[1]:%Y-%m-%d}; plan queued")
+    return EX_OK
+
+
+def cmd_pip_extend(args: argparse.Namespace) -> int:
+    from automation.services.pips import extend_pip
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        return extend_pip(
+            rt, session, org, args.employee, args.days, actor=actor, reason=args.reason
+        ).ends_on
+
+    ends = _pip_call(args, action)
+    if ends is None:
+        return EX_DATAERR
+    print(f"PIP of {args.employee} extended by {args.days} days, now ends {ends:%Y-%m-%d}")
+    return EX_OK
+
+
+def cmd_pip_close(args: argparse.Namespace) -> int:
+    from automation.services.pips import close_pip
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        return close_pip(
+            rt, session, org, args.employee, args.outcome, actor=actor, note=args.note
+        ).id
+
+    pip_id = _pip_call(args, action)
+    if pip_id is None:
+        return EX_DATAERR
+    print(f"PIP {pip_id} of {args.employee} closed: {args.outcome}")
+    return EX_OK
+
+
+def cmd_pip_list(args: argparse.Namespace) -> int:
+    from automation.services.pips import list_pips
+
+    rows = _pip_call(args, lambda rt, session, org, actor: list_pips(session, org)) or []
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows]))
+        return EX_OK
+    for r in rows:
+        print(
+            f"{r.id:>5}  {r.employee:<32} {r.state:<7} {r.outcome or '-':<11} "
+            f"{r.started_on} → {r.ends_on}  documented {r.documented}/{r.milestones}  "
+            f"{'acknowledged' if r.acknowledged else 'not acknowledged'}"
+        )
+    return EX_OK
+
+
+def cmd_warning_create(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from automation.models import Person
+    from automation.services.pips import PipError, create_warning
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        employee = session.scalar(
+            select(Person).where(
+                Person.organization_id == org, Person.email == args.employee.strip().lower()
+            )
+        )
+        if employee is None:
+            raise PipError(f"nobody with the address {args.employee} is on record")
+        return create_warning(
+            rt,
+            session,
+            org,
+            employee,
+            reason=args.reason,
+            expectation=args.expectation,
+            consequence=args.consequence,
+            kind=args.kind,
+            actor=actor,
+        ).id
+
+    action_id = _pip_call(args, action)
+    if action_id is None:
+        return EX_DATAERR
+    print(f"{args.kind.replace('_', ' ')} {action_id} recorded for {args.employee}; email queued")
+    return EX_OK
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from automation.db import make_engine, migrate
 
     settings = _settings(args)
     migrate(make_engine(settings.database))
     print(f"database at {settings.database.split('@')[-1]} is up to date")
+    return EX_OK
+
+
+def _report_date(text: str):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def cmd_report_consistency(args: argparse.Namespace) -> int:
+    """Per manager and team: completion, documentation delay, overdue items, PIPs."""
+    import datetime as dt
+
+    from automation.services.report import as_json, consistency_report, write_report
+
+    if args.date_from and args.date_to and args.date_to < args.date_from:
+        print("error: --to is before --from", file=sys.stderr)
+        return EX_USAGE
+    # Whole UTC days: --from's midnight up to the midnight after --to.
+    start = dt.datetime.combine(args.date_from, dt.time(), dt.UTC) if args.date_from else None
+    end = (
+        dt.datetime.combine(args.date_to + dt.timedelta(days=1), dt.time(), dt.UTC)
+        if args.date_to
+        else None
+    )
+    rt = _inbox_runtime(args)
+    try:
+        with rt.factory() as session:
+            report = consistency_report(
+                session,
+                _org(rt),
+                as_of=rt.now(),
+                period_from=start,
+                period_to=end,
+                business_weekdays=rt.settings.business_weekdays,
+                holidays=rt.settings.holidays,
+            )
+    finally:
+        rt.engine.dispose()
+    paths = write_report(report, Path(args.out), rt.settings.templates_dir)
+    if args.json:
+        print(json.dumps(as_json(report) | {"files": [str(p) for p in paths]}, indent=2))
+    else:
+        org = report.org
+        print(
+            f"{len(report.managers)} manager(s), {org.due} check-in(s) due, "
+            f"{org.documented} documented, "
+            f"{org.overdue_checkins + org.overdue_pip_reviews + org.overdue_action_items} "
+            "overdue item(s)"
+        )
+        for path in paths:
+            print(path)
     return EX_OK
 
 
@@ -929,8 +1192,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_calendars_sync)
 
+    p = sub.add_parser(
+        "export",
+        help="an employee's whole timeline (check-ins, records and their versions, PIPs, "
+        "escalations) as JSON, HTML or PDF, with its sources",
+        description="Export everything on record about one employee, each statement citing "
+        "its source (the raw message's SHA-256, the audit entry). --bundle also writes a zip "
+        "of the raw source messages (.eml), the sent messages, the invites (.ics), "
+        "timeline.json and a MANIFEST.txt of their SHA-256. Runs as an operator.",
+    )
+    p.add_argument("employee", metavar="EMPLOYEE", help="the employee's email address")
+    p.add_argument("--format", choices=["json", "html", "pdf"], default="json")
+    p.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="show times in this IANA zone (default: the settings' default_timezone)",
+    )
+    p.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
+    p.add_argument("--bundle", metavar="ZIP", help="also write the sources bundle here")
+    p.set_defaults(func=cmd_export)
+
+    audit_cmd = sub.add_parser("audit", help="the audit log").add_subparsers(
+        dest="sub", required=True
+    )
+    p = audit_cmd.add_parser(
+        "verify",
+        help="check the hash chain of every organization's audit log; exit 1 if broken",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_audit_verify)
+
+    pip = sub.add_parser("pip", help="performance improvement plans").add_subparsers(
+        dest="sub", required=True
+    )
+    p = pip.add_parser("start", help="start a PIP from a template in config/pips/")
+    p.add_argument("employee", help="the employee's email address")
+    p.add_argument("--template", required=True, help="a template name, e.g. 90-day")
+    p.add_argument(
+        "--goals", required=True, help="goals file: TOML [[goal]] or CSV goal,success_criteria,…"
+    )
+    p.set_defaults(func=cmd_pip_start)
+    p = pip.add_parser("extend", help="extend the active PIP; open reviews move with it")
+    p.add_argument("employee")
+    p.add_argument("--days", type=int, required=True)
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=cmd_pip_extend)
+    p = pip.add_parser("close", help="close the active PIP with its outcome")
+    p.add_argument("employee")
+    p.add_argument("--outcome", required=True, choices=("successful", "extended", "ended"))
+    p.add_argument("--note", default="")
+    p.set_defaults(func=cmd_pip_close)
+    p = pip.add_parser("list", help="every PIP with its state and documentation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pip_list)
+
+    warning = sub.add_parser("warning", help="written warnings and corrective actions")
+    wsub = warning.add_subparsers(dest="sub", required=True)
+    p = wsub.add_parser("create", help="record one and send it to the employee to acknowledge")
+    p.add_argument("employee")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--expectation", default="")
+    p.add_argument("--consequence", default="")
+    p.add_argument(
+        "--kind", default="written_warning", choices=("written_warning", "corrective_action")
+    )
+    p.set_defaults(func=cmd_warning_create)
+
     db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+
+    report = sub.add_parser("report", help="reports for HR").add_subparsers(
+        dest="sub", required=True
+    )
+    p = report.add_parser(
+        "consistency",
+        help="per manager and team: completion, documentation delay, overdue items, PIPs "
+        "(consistency.html and consistency.csv)",
+    )
+    p.add_argument("--out", default="report-out", help="folder to write into (default: report-out)")
+    p.add_argument(
+        "--from", dest="date_from", type=_report_date, help="first day (UTC), YYYY-MM-DD"
+    )
+    p.add_argument("--to", dest="date_to", type=_report_date, help="last day (UTC), inclusive")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_report_consistency)
     return parser
 
 

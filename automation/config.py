@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import re
 import tomllib
 from dataclasses import dataclass
@@ -136,6 +138,379 @@ def load_pip_plans(path: Path, templates: list[str] | None = None) -> list[PipPl
     return plans
 
 
+# --- PIP templates (config/pips/*.toml) and goals files ------------------------------------
+
+PIPS_FOLDER = "pips"
+REVIEWERS = ("manager",)
+_PIP_KEYS = {
+    "name",
+    "title",
+    "description",
+    "duration_days",
+    "reviewer",
+    "checkins",
+    "review",
+    "documentation",
+    "escalation",
+    "acknowledgement",
+}
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class PipTemplate:
+    """A PIP template: duration, weekly check-ins, review milestones, what each review must
+    document, who reviews, and the ladders (business days from the due time; negative = before).
+    """
+
+    name: str
+    title: str
+    duration_days: int
+    reviewer: str
+    checkin_weekdays: tuple[int, ...]
+    checkin_window: tuple[str, str]  # "HH:MM" in the employee's zone
+    checkin_minutes: int
+    reviews: tuple[tuple[str, int], ...]  # (name, days after start)
+    documentation: tuple[str, ...]  # what each review must document, asked as questions
+    ladder: tuple[LadderStep, ...]  # for reviews and check-ins not documented
+    acknowledgement_days: int  # business days the employee has to acknowledge the plan
+    acknowledgement_ladder: tuple[LadderStep, ...]
+    source_file: str = ""
+
+
+def _ladder(
+    steps: Any, file: str, where: str, templates: list[str], problems: list[ConfigProblem]
+) -> tuple[LadderStep, ...]:
+    """A ladder whose offsets may be negative (a reminder before the due time), in order."""
+    from automation.domain.cadence import NOTIFY
+
+    if not isinstance(steps, list) or not all(isinstance(x, dict) for x in steps):
+        problems.append(
+            ConfigProblem(
+                file, where, "expected an array of tables", f"write each step as [[{where}]]"
+            )
+        )
+        return ()
+    out: list[LadderStep] = []
+    for i, step in enumerate(steps):
+        at = f"{where}[{i}]"
+        after, notify = step.get("after_business_days"), step.get("notify")
+        template = step.get("template", "reminder" if notify == "manager" else "escalation")
+        ok = True
+        for key in step:
+            if key not in ("after_business_days", "notify", "template"):
+                problems.append(
+                    ConfigProblem(
+                        file, f"{at}.{key}", "unknown key", "after_business_days, notify, template"
+                    )
+                )
+                ok = False
+        if not isinstance(after, int) or isinstance(after, bool):
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{at}.after_business_days",
+                    f"expected a whole number, got {after!r}",
+                    "business days after the due time; negative for a reminder before it",
+                )
+            )
+            ok = False
+        elif out and after < out[-1].after_business_days:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{at}.after_business_days",
+                    f"{after} comes before the previous step's {out[-1].after_business_days}",
+                    "list the steps in the order they happen",
+                )
+            )
+            ok = False
+        if notify not in NOTIFY:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{at}.notify",
+                    f"unknown recipient {notify!r}",
+                    "use " + ", ".join(NOTIFY),
+                )
+            )
+            ok = False
+        if not isinstance(template, str) or (templates and template not in templates):
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{at}.template",
+                    f"no email template {template!r}",
+                    "one of " + ", ".join(templates),
+                )
+            )
+            ok = False
+        if ok:
+            out.append(LadderStep(after, notify, template))
+    return tuple(out)
+
+
+def parse_pip_template(
+    data: dict[str, Any], file: str, templates: list[str] | tuple[str, ...] = ()
+) -> PipTemplate:
+    """Check one PIP template; every problem of the file in one ConfigError."""
+    problems: list[ConfigProblem] = []
+    names = list(templates)
+
+    def fail(field: str, problem: str, fix: str = "") -> None:
+        problems.append(ConfigProblem(file, field, problem, fix))
+
+    for key in data:
+        if key not in _PIP_KEYS:
+            fail(key, "unknown key", "one of " + ", ".join(sorted(_PIP_KEYS)))
+    name, title = data.get("name"), data.get("title")
+    if not isinstance(name, str) or not name.strip():
+        fail("name", "missing or not text", 'e.g. name = "90-day"')
+    if not isinstance(title, str) or not title.strip():
+        fail("title", "missing or not text", 'e.g. title = "90-day performance improvement plan"')
+    duration = data.get("duration_days")
+    if not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0:
+        fail("duration_days", f"expected a positive whole number, got {duration!r}", "30, 60, 90")
+        duration = 0
+    reviewer = data.get("reviewer", "manager")
+    if reviewer not in REVIEWERS:
+        fail("reviewer", f"unsupported reviewer {reviewer!r}", "use " + ", ".join(REVIEWERS))
+    checkins = data.get("checkins", {})
+    weekdays: list[int] = []
+    window = ("09:00", "17:00")
+    minutes = 30
+    if not isinstance(checkins, dict):
+        fail("checkins", "expected a table", "[checkins] with weekdays, window_start, …")
+    else:
+        for key in checkins:
+            if key not in ("frequency", "weekdays", "window_start", "window_end", "minutes"):
+                fail(
+                    f"checkins.{key}",
+                    "unknown key",
+                    "frequency, weekdays, window_start, window_end, minutes",
+                )
+        if checkins.get("frequency", "weekly") != "weekly":
+            fail("checkins.frequency", "PIP check-ins are weekly", 'frequency = "weekly"')
+        for day in checkins.get("weekdays", ["tue", "wed", "thu"]):
+            if not isinstance(day, str) or day.lower()[:3] not in _WEEKDAYS:
+                fail("checkins.weekdays", f"unknown weekday {day!r}", "mon … sun")
+            else:
+                weekdays.append(_WEEKDAYS.index(day.lower()[:3]))
+        window = (checkins.get("window_start", "09:00"), checkins.get("window_end", "17:00"))
+        for key, value in zip(("window_start", "window_end"), window, strict=True):
+            if not isinstance(value, str) or not re.fullmatch(r"\d{2}:\d{2}", value):
+                fail(f"checkins.{key}", f"expected HH:MM, got {value!r}", 'e.g. "09:00"')
+        minutes = checkins.get("minutes", 30)
+        if not isinstance(minutes, int) or not 5 <= minutes <= 240:
+            fail("checkins.minutes", f"expected 5 to 240, got {minutes!r}", "e.g. 30")
+            minutes = 30
+    reviews: list[tuple[str, int]] = []
+    raw_reviews = data.get("review", [])
+    if not isinstance(raw_reviews, list) or not raw_reviews:
+        fail(
+            "review",
+            "at least one review milestone is needed",
+            '[[review]] name = "…", after_days = N',
+        )
+        raw_reviews = []
+    for i, review in enumerate(raw_reviews):
+        ok_name = isinstance(review, dict) and isinstance(review.get("name"), str)
+        days = review.get("after_days") if isinstance(review, dict) else None
+        if not ok_name or not isinstance(days, int) or isinstance(days, bool) or days <= 0:
+            fail(
+                f"review[{i}]",
+                "expected name (text) and after_days (days after the start, > 0)",
+                'name = "Day 30 review", after_days = 30',
+            )
+            continue
+        if duration and days > duration:
+            fail(
+                f"review[{i}].after_days",
+                f"{days} is after the plan's end (day {duration})",
+                "move the review inside the plan",
+            )
+            continue
+        reviews.append((review["name"], days))
+    if len({n for n, _ in reviews}) != len(reviews):
+        fail("review", "two reviews share a name", "give each review its own name")
+    documentation = (
+        data.get("documentation", {}).get("required", [])
+        if isinstance(data.get("documentation", {}), dict)
+        else None
+    )
+    if (
+        not isinstance(documentation, list)
+        or not documentation
+        or not all(isinstance(x, str) and x.strip() for x in documentation)
+    ):
+        fail(
+            "documentation.required",
+            "expected a non-empty list of what each review documents",
+            'e.g. required = ["Progress against each goal", "Support provided", "Outcome"]',
+        )
+        documentation = []
+    ladder = _ladder(data.get("escalation", []), file, "escalation", names, problems)
+    if not ladder:
+        fail(
+            "escalation",
+            "a PIP needs an escalation ladder",
+            '[[escalation]] after_business_days = 0, notify = "manager"',
+        )
+    ack = data.get("acknowledgement", {})
+    ack_days = ack.get("within_business_days", 3) if isinstance(ack, dict) else None
+    if not isinstance(ack_days, int) or isinstance(ack_days, bool) or ack_days < 0:
+        fail(
+            "acknowledgement.within_business_days",
+            f"expected a whole number >= 0, got {ack_days!r}",
+            "e.g. 3",
+        )
+        ack_days = 3
+    ack_ladder = _ladder(
+        ack.get("escalation", []) if isinstance(ack, dict) else [],
+        file,
+        "acknowledgement.escalation",
+        names,
+        problems,
+    )
+    if problems:
+        raise ConfigError(problems)
+    return PipTemplate(
+        name=str(name).strip(),
+        title=str(title).strip(),
+        duration_days=duration,
+        reviewer=reviewer,
+        checkin_weekdays=tuple(sorted(set(weekdays))),
+        checkin_window=window,
+        checkin_minutes=minutes,
+        reviews=tuple(sorted(reviews, key=lambda r: r[1])),
+        documentation=tuple(documentation),
+        ladder=ladder,
+        acknowledgement_days=ack_days,
+        acknowledgement_ladder=ack_ladder,
+        source_file=file,
+    )
+
+
+def load_pip_templates(settings: Settings) -> dict[str, PipTemplate]:
+    """Every ``config/pips/*.toml`` by name; all problems of all files in one error."""
+    templates = template_names(settings.templates_dir)
+    out: dict[str, PipTemplate] = {}
+    problems: list[ConfigProblem] = []
+    for path in sorted((settings.config_dir / PIPS_FOLDER).glob("*.toml")):
+        try:
+            tpl = parse_pip_template(read_toml(path), str(path), templates)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if tpl.name in out:
+            problems.append(
+                ConfigProblem(
+                    str(path),
+                    "name",
+                    f"{tpl.name!r} is already used by {out[tpl.name].source_file}",
+                    "give each template its own name",
+                )
+            )
+            continue
+        out[tpl.name] = tpl
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+@dataclass(frozen=True)
+class GoalSpec:
+    """One line of a goals file."""
+
+    goal: str
+    success_criteria: str
+    owner: str  # employee | manager | an address
+    due: dt.date | None
+
+
+_GOAL_FIELDS = ("goal", "success_criteria", "owner", "due")
+
+
+def load_goals(path: Path) -> list[GoalSpec]:
+    """A goals file: TOML (``[[goal]]`` tables) or CSV (header goal,success_criteria,owner,due).
+
+    Every goal needs measurable success criteria; ``owner`` defaults to the employee and
+    ``due`` is an ISO date or empty.
+    """
+    file = str(path)
+    rows: list[dict[str, Any]]
+    if path.suffix.lower() == ".csv":
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as fh:
+                reader = csv.DictReader(fh)
+                missing = [
+                    f for f in ("goal", "success_criteria") if f not in (reader.fieldnames or [])
+                ]
+                if missing:
+                    raise ConfigError(
+                        ConfigProblem(
+                            file,
+                            "(header)",
+                            "missing column(s) " + ", ".join(missing),
+                            "header: " + ",".join(_GOAL_FIELDS),
+                        )
+                    )
+                rows = [dict(r) for r in reader]
+        except OSError as exc:
+            raise ConfigError(ConfigProblem(file, "(file)", f"cannot read: {exc}")) from None
+        where = "row"
+    else:
+        data = read_toml(path)
+        rows = data.get("goal", [])
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ConfigError(
+                ConfigProblem(
+                    file,
+                    "goal",
+                    "expected an array of tables",
+                    '[[goal]] goal = "…", success_criteria = "…"',
+                )
+            )
+        where = "goal"
+    problems: list[ConfigProblem] = []
+    goals: list[GoalSpec] = []
+    for i, row in enumerate(rows):
+        at = f"{where}[{i + 1 if where == 'row' else i}]"
+        goal = str(row.get("goal") or "").strip()
+        criteria = str(row.get("success_criteria") or "").strip()
+        owner = str(row.get("owner") or "employee").strip().lower()
+        due_raw = row.get("due")
+        if not goal:
+            problems.append(
+                ConfigProblem(file, f"{at}.goal", "empty", "say what is to be achieved")
+            )
+        if not criteria:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"{at}.success_criteria",
+                    "empty",
+                    "a measurable criterion, e.g. 'all tickets answered within 2 business days'",
+                )
+            )
+        due: dt.date | None = None
+        if isinstance(due_raw, dt.date):
+            due = due_raw
+        elif due_raw not in (None, ""):
+            try:
+                due = dt.date.fromisoformat(str(due_raw).strip())
+            except ValueError:
+                problems.append(
+                    ConfigProblem(file, f"{at}.due", f"not a date: {due_raw!r}", "YYYY-MM-DD")
+                )
+        goals.append(GoalSpec(goal, criteria, owner, due))
+    if not rows:
+        problems.append(ConfigProblem(file, where, "no goals", "a PIP needs at least one goal"))
+    if problems:
+        raise ConfigError(problems)
+    return goals
+
+
 # --- delegates ----------------------------------------------------------------------------
 
 DELEGATES_FILE = "delegates.toml"
@@ -256,6 +631,10 @@ def check_all(config_file: Path | None = None) -> tuple[Settings | None, list[Co
         load_pip_plans(
             settings.config_dir / "example" / "pips.toml", template_names(settings.templates_dir)
         )
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        load_pip_templates(settings)
     except ConfigError as exc:
         problems.extend(exc.problems)
     return settings, problems

@@ -281,6 +281,19 @@ class Pip(OrgScoped, Base):
     outcome: Mapped[str | None] = mapped_column(String(40))
     ladder: Mapped[list[Any]]
     created_at: Mapped[dt.datetime]
+    # Set for PIPs started from a template (config/pips/*.toml); null for the demo's plans.
+    template: Mapped[str | None] = mapped_column(String(100))
+    reviewer: Mapped[str | None] = mapped_column(String(20))  # manager | hr_partner
+    # The weekly check-ins as one calendar series (written through the calendar adapter).
+    calendar_uid: Mapped[str | None] = mapped_column(String(200))
+    calendar_sequence: Mapped[int | None]
+    checkin_rrule: Mapped[str | None] = mapped_column(String(300))
+    checkin_dtstart_local: Mapped[str | None] = mapped_column(String(19))
+    checkin_timezone: Mapped[str | None] = mapped_column(String(64))
+    checkin_duration_minutes: Mapped[int | None]
+    extended_days: Mapped[int | None]
+    closed_at: Mapped[dt.datetime | None]
+    closing_note: Mapped[str | None] = mapped_column(Text)
 
 
 class PipReview(OrgScoped, Base):
@@ -294,6 +307,88 @@ class PipReview(OrgScoped, Base):
     name: Mapped[str] = mapped_column(String(100))
     due_at: Mapped[dt.datetime]
     documented_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    # review | checkin (a weekly PIP check-in); null on rows from before templates: review.
+    kind: Mapped[str | None] = mapped_column(String(20))
+    # The due time the PIP started with, kept when an extension shifts ``due_at``.
+    original_due_at: Mapped[dt.datetime | None]
+
+
+class PipGoal(OrgScoped, Base):
+    """One goal of a PIP, with its measurable success criteria, as read from the goals file."""
+
+    __tablename__ = "pip_goals"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("pip_id", "position"),
+        org_fk("pip_id", "pips"),
+        org_fk("owner_id", "people"),
+    )
+    pip_id: Mapped[int]
+    position: Mapped[int]
+    goal: Mapped[str] = mapped_column(Text)
+    success_criteria: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str] = mapped_column(String(320))  # as written: employee, manager, an address
+    owner_id: Mapped[int | None]
+    due_on: Mapped[dt.date | None]
+    created_at: Mapped[dt.datetime]
+
+
+class CorrectiveAction(OrgScoped, Base):
+    """A written warning or corrective action: a record of its own, acknowledged by reply.
+
+    Started by HR (``automation warning create``) or by a manager's ``#warning`` in a reply to
+    a check-in prompt; then ``occurrence_id`` and ``source_message_id`` say where it came from.
+    """
+
+    __tablename__ = "corrective_actions"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        org_fk("employee_id", "people"),
+        org_fk("issued_by_id", "people"),
+        org_fk("pip_id", "pips"),
+        org_fk("occurrence_id", "occurrences"),
+        org_fk("source_message_id", "inbound_messages"),
+    )
+    kind: Mapped[str] = mapped_column(String(30))  # written_warning | corrective_action
+    employee_id: Mapped[int]
+    issued_by_id: Mapped[int | None]  # the manager, when from a reply
+    issued_by: Mapped[str] = mapped_column(String(320))  # who started it, as in the audit log
+    reason: Mapped[str] = mapped_column(Text)
+    expectation: Mapped[str] = mapped_column(Text, default="")
+    consequence: Mapped[str] = mapped_column(Text, default="")
+    pip_id: Mapped[int | None]
+    occurrence_id: Mapped[int | None]
+    source_message_id: Mapped[int | None]
+    created_at: Mapped[dt.datetime]
+
+
+class Acknowledgement(OrgScoped, Base):
+    """A request that one person acknowledge something (a PIP's plan, a warning, an
+    escalation step), and, once they reply, the acknowledgement with its source message.
+
+    ``subject_kind`` is ``pip`` | ``corrective_action`` | ``escalation``. While
+    ``acknowledged_at`` is empty the request escalates along ``ladder`` from ``due_at``.
+    """
+
+    __tablename__ = "acknowledgements"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "subject_kind", "subject_id", "person_id"),
+        org_fk("person_id", "people"),
+        org_fk("outbound_message_id", "outbound_messages"),
+        org_fk("source_message_id", "inbound_messages"),
+    )
+    subject_kind: Mapped[str] = mapped_column(String(30))
+    subject_id: Mapped[int]
+    person_id: Mapped[int]
+    requested_at: Mapped[dt.datetime]
+    due_at: Mapped[dt.datetime]
+    ladder: Mapped[list[Any]]
+    outbound_message_id: Mapped[int | None]
+    acknowledged_at: Mapped[dt.datetime | None]
+    source_message_id: Mapped[int | None]
+    comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
 
 

@@ -112,6 +112,62 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "notes": "Ana would like to present the export at the next all-hands.",
         },
     },
+    "pip_plan": {
+        **_common(_EMPLOYEE),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "pip": {
+            "title": "90-day performance improvement plan",
+            "starts_on": "2 March 2026",
+            "ends_on": "31 May 2026",
+            "duration_days": 90,
+        },
+        "goals": [
+            {
+                "goal": "Answer customer tickets on time",
+                "success_criteria": "95% of tickets answered within 2 business days",
+                "owner": "Ana Souza",
+                "due": "2026-04-30",
+            },
+            {
+                "goal": "Weekly written status update",
+                "success_criteria": "Sent every Friday by 17:00",
+                "owner": "Ana Souza",
+                "due": None,
+            },
+        ],
+        "checkins": {"first": "Tuesday 10 March 2026, 10:00 (Europe/Berlin)"},
+        "reviews": [
+            {"name": "Day 30 review", "when": "Wednesday 1 April 2026, 10:00 (Europe/Berlin)"},
+            {"name": "Final review", "when": "Sunday 31 May 2026, 10:00 (Europe/Berlin)"},
+        ],
+        "acknowledge_by": "Thursday 5 March 2026, 10:00 (Europe/Berlin)",
+    },
+    "warning": {
+        **_common(_EMPLOYEE),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "warning": {
+            "title": "Written warning",
+            "issued_on": "10 March 2026",
+            "issued_by": MANAGER_NAME,
+            "reason": "Missed three customer deadlines in February without notice.",
+            "expectation": "Flag any risk to a deadline at least two days ahead.",
+            "consequence": "A further missed deadline may lead to a performance plan.",
+        },
+        "acknowledge_by": "Friday 13 March 2026, 10:00 (Europe/Berlin)",
+    },
+    "unacknowledged": {
+        **_common(_EMPLOYEE),
+        "manager": _MANAGER,
+        "employee": _EMPLOYEE,
+        "item": {
+            "label": "the 90-day performance improvement plan",
+            "when": "Thursday 5 March 2026, 10:00 (Europe/Berlin)",
+        },
+        "days_overdue": 1,
+        "step": 1,
+    },
     "reminder": {
         **_common(_MANAGER),
         "manager": _MANAGER,

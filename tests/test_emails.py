@@ -36,6 +36,9 @@ EMAILS = [
     "quarantine_notice",
     "address_failing",
     "invite",
+    "pip_plan",
+    "warning",
+    "unacknowledged",
 ]
 DESCRIPTION = "invite/description.txt"
 NUMBERED = re.compile(r"^(\d+)\. (.+)$", re.MULTILINE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 
 _DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 _TIME = re.compile(r"\b(\d{1,2})(?:[:.h](\d{2}))?\s*(am|pm)?\b", re.IGNORECASE)
@@ -60,3 +61,38 @@ def parse_when(text: str, now_local: dt.datetime, default_time: dt.time) -> dt.d
             day += dt.timedelta(days=1)
     result = dt.datetime.combine(day, at)
     return result if result > now_local else None
+
+
+# --- #warning ---------------------------------------------------------------------------------
+
+_WARNING = re.compile(r"^\s*#warning\b[:\s]*(.*)$", re.IGNORECASE)
+_WARNING_FIELD = re.compile(r"^\s*(expectation|consequence)\s*:\s*(.*)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class WarningDraft:
+    """A manager's ``#warning <reason>`` line, with the ``Expectation:`` and
+    ``Consequence:`` lines that follow it (or ``| expectation: … | consequence: …`` inline)."""
+
+    reason: str
+    expectation: str = ""
+    consequence: str = ""
+
+
+def parse_warnings(text: str) -> list[WarningDraft]:
+    """Every ``#warning`` in the person's own text (quotes already trimmed)."""
+    drafts: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        if m := _WARNING.match(line):
+            parts = [p.strip() for p in m[1].split("|")]
+            current = {"reason": parts[0], "expectation": "", "consequence": ""}
+            for part in parts[1:]:
+                if f := _WARNING_FIELD.match(part):
+                    current[f[1].lower()] = f[2].strip()
+            drafts.append(current)
+        elif current is not None and (f := _WARNING_FIELD.match(line)):
+            current[f[1].lower()] = f[2].strip()
+        elif not line.strip() or line.lstrip().startswith("#"):
+            current = None
+    return [WarningDraft(**d) for d in drafts if d["reason"]]

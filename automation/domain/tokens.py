@@ -14,7 +14,12 @@ import hmac
 import re
 from dataclasses import dataclass
 
-KINDS = {"o": "occurrence", "r": "pip_review", "s": "series"}
+KINDS = {
+    "o": "occurrence",
+    "r": "pip_review",
+    "s": "series",
+    "a": "acknowledgement",
+}
 _SIG_LEN = 20  # 100 bits of base32
 _TOKEN = re.compile(rf"\+(\d+)-([a-z])(\d+)-([a-z2-7]{{{_SIG_LEN}}})@", re.IGNORECASE)
 

@@ -10,6 +10,7 @@ however often the tick or the task runs.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -17,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from automation import audit
 from automation.config import PipPlan
-from automation.domain.cadence import LadderStep, add_business_days, zone
+from automation.domain.cadence import LadderStep, add_business_days, localize, zone
 from automation.models import (
+    Acknowledgement,
     Escalation,
     OccurrenceState,
     OutboundMessage,
@@ -52,6 +54,13 @@ class Subject:
     label: str
     when: str
     prompt_key: str  # outbox key of the prompt that reminders thread under
+    # Who documents it (a reply from them stops the ladder): the manager, or for an
+    # acknowledgement the person asked; delays count in their time zone.
+    documenter: Person | None = None
+
+    @property
+    def responsible(self) -> Person:
+        return self.documenter or self.manager
 
 
 def load_subject(
@@ -79,6 +88,8 @@ def load_subject(
             when(occ.start_at, ctx.manager.timezone),
             followup_key(occ.id),
         )
+    if kind == "acknowledgement":
+        return _acknowledgement_subject(session, organization_id, subject_id)
     review = session.get(PipReview, subject_id)
     if review is None or review.organization_id != organization_id:
         return None
@@ -95,21 +106,68 @@ def load_subject(
         employee,
         review.due_at,
         ladder,
-        review.documented_at is not None,
-        f"the PIP review \u201c{review.name}\u201d for {employee.name}",
+        # A closed PIP's milestones are no longer owed.
+        review.documented_at is not None or pip.state != "active",
+        f"the PIP {'check-in' if review.kind == 'checkin' else 'review'} "
+        f"\u201c{review.name}\u201d for {employee.name}",
         when(review.due_at, manager.timezone),
         f"pip_review:{review.id}",
     )
 
 
-def step_due(rt: Runtime, subject: Subject, step: int) -> dt.datetime:
-    return add_business_days(
-        subject.base,
-        subject.ladder[step].after_business_days,
-        subject.manager.timezone,
-        rt.settings.business_weekdays,
-        rt.settings.holidays,
+def _acknowledgement_subject(session: Session, organization_id: int, ack_id: int) -> Subject | None:
+    from automation.services.pips import acknowledgement_subject
+
+    ack = session.get(Acknowledgement, ack_id)
+    if ack is None or ack.organization_id != organization_id:
+        return None
+    found = acknowledgement_subject(session, ack)
+    if found is None:
+        return None
+    manager, person, label, prompt_key = found
+    return Subject(
+        "acknowledgement",
+        ack.id,
+        organization_id,
+        manager,
+        person,
+        ack.due_at,
+        tuple(LadderStep(**s) for s in ack.ladder),
+        ack.acknowledged_at is not None,
+        label,
+        when(ack.due_at, person.timezone),
+        prompt_key,
+        documenter=person,
     )
+
+
+def subtract_business_days(
+    moment: dt.datetime,
+    days: int,
+    tz_name: str,
+    business_weekdays: frozenset[int],
+    holidays: Iterable[dt.date],
+) -> dt.datetime:
+    """``moment`` moved back by ``days`` business days in ``tz_name``, same wall time."""
+    tz = zone(tz_name)
+    closed = set(holidays)
+    local = moment.astimezone(tz).replace(tzinfo=None)
+    day, remaining = local.date(), days
+    while remaining > 0:
+        day -= dt.timedelta(days=1)
+        if day.weekday() in business_weekdays and day not in closed:
+            remaining -= 1
+    return localize(dt.datetime.combine(day, local.time()), tz).astimezone(dt.UTC)
+
+
+def step_due(rt: Runtime, subject: Subject, step: int) -> dt.datetime:
+    """When a step falls due: business days after the base (before it, when negative), in the
+    responsible person's zone, skipping weekends and configured holidays."""
+    offset = subject.ladder[step].after_business_days
+    args = (subject.responsible.timezone, rt.settings.business_weekdays, rt.settings.holidays)
+    if offset < 0:
+        return subtract_business_days(subject.base, -offset, *args)
+    return add_business_days(subject.base, offset, *args)
 
 
 def schedule_step(
@@ -131,7 +189,9 @@ def schedule_step(
 
 def _recipient(session: Session, subject: Subject, notify: str) -> Person | None:
     target_id = {
-        "manager": subject.manager.id,
+        "manager": subject.manager.id
+        if subject.kind != "acknowledgement"
+        else (subject.manager.id if subject.manager.id != subject.employee.id else None),
         "employee": subject.employee.id,
         "hr_partner": subject.employee.hr_partner_id,
         "managers_manager": subject.manager.manager_id,
@@ -174,7 +234,8 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
         )
         schedule_step(rt, session, task.organization_id, kind, subject.id, step + 1)
         return f"no-recipient ({rung.notify})"
-    to_manager = recipient.id == subject.manager.id
+    # The one who can document gets the reply address that documents it.
+    to_manager = recipient.id == subject.responsible.id
     prompt = session.scalar(
         select(OutboundMessage).where(
             OutboundMessage.organization_id == task.organization_id,
@@ -183,6 +244,21 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
     )
     threaded = to_manager and prompt is not None
     overdue = max((now - subject.base).days, 0)
+    escalation = Escalation(
+        organization_id=task.organization_id,
+        subject_kind=kind,
+        subject_id=subject.id,
+        step=step,
+        action=rung.action,
+        recipient_id=recipient.id,
+        created_at=now,
+    )
+    session.add(escalation)
+    session.flush()
+    ack = None
+    if not to_manager:
+        # Someone told of it (HR, the manager's manager) acknowledges by replying.
+        ack = _acknowledgement_of_step(rt, session, escalation, recipient)
     message = queue_email(
         rt,
         session,
@@ -192,7 +268,9 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
         template=rung.template,
         to=[recipient],
         # The manager can document straight from a reminder, in the prompt's thread.
-        reply_to=reply_to_for(rt, task.organization_id, kind, subject.id) if to_manager else None,
+        reply_to=reply_to_for(rt, task.organization_id, kind, subject.id)
+        if to_manager
+        else reply_to_for(rt, task.organization_id, "acknowledgement", ack.id),
         # Cite the prompt by the Message-ID its recipient saw (a provider may have rewritten
         # ours), under its subject: Gmail threads a message only when the subjects match.
         in_reply_to=(prompt.sent_message_id or prompt.message_id) if threaded else None,
@@ -207,18 +285,9 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
             "step": step + 1,
         },
     )
-    escalation = Escalation(
-        organization_id=task.organization_id,
-        subject_kind=kind,
-        subject_id=subject.id,
-        step=step,
-        action=rung.action,
-        recipient_id=recipient.id,
-        outbound_message_id=message.id,
-        created_at=now,
-    )
-    session.add(escalation)
-    session.flush()
+    escalation.outbound_message_id = message.id
+    if ack is not None:
+        ack.outbound_message_id = message.id
     audit.record(
         session,
         task.organization_id,
@@ -231,6 +300,26 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
     )
     schedule_step(rt, session, task.organization_id, kind, subject.id, step + 1)
     return f"{rung.action} -> {rung.notify}"
+
+
+def _acknowledgement_of_step(
+    rt: Runtime, session: Session, escalation: Escalation, recipient: Person
+) -> Acknowledgement:
+    """A request, without a ladder of its own, that the recipient of a step acknowledge it."""
+    now = rt.now()
+    ack = Acknowledgement(
+        organization_id=escalation.organization_id,
+        subject_kind="escalation",
+        subject_id=escalation.id,
+        person_id=recipient.id,
+        requested_at=now,
+        due_at=now,
+        ladder=[],
+        created_at=now,
+    )
+    session.add(ack)
+    session.flush()
+    return ack
 
 
 # --- PIPs ---------------------------------------------------------------------------------

@@ -48,9 +48,10 @@ from sqlalchemy.orm import Session
 from automation import audit
 from automation.db import transaction
 from automation.domain.cadence import zone
-from automation.domain.commands import parse_when
+from automation.domain.commands import parse_warnings, parse_when
 from automation.domain.tokens import ForgedToken, ReplyToken, find_token
 from automation.models import (
+    Acknowledgement,
     ActionItem,
     CheckinSeries,
     ConversationRecord,
@@ -67,7 +68,7 @@ from automation.models import (
 )
 from automation.replies import Extraction, ParsedEmail, decode_message, extract
 from automation.runtime import Runtime
-from automation.services import imip
+from automation.services import imip, pips
 from automation.services.escalation import PIP_QUESTIONS, load_subject
 from automation.services.messages import (
     load_checkin,
@@ -270,7 +271,7 @@ def _link(message: InboundMessage, token: ReplyToken | None) -> None:
         return
     if token.kind == "occurrence":
         message.occurrence_id = token.subject_id
-    else:
+    elif token.kind == "pip_review":
         message.pip_review_id = token.subject_id
 
 
@@ -604,6 +605,8 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         return _quarantine(session, rt, message, "no usable From address")
     if isinstance(token, str):
         return _quarantine(session, rt, message, token)
+    if token.kind == "acknowledgement":
+        return _acknowledge(rt, session, message, parsed, token, sender)
     subject = load_subject(session, message.organization_id, token.kind, token.subject_id)
     if subject is None:
         return _quarantine(session, rt, message, f"the {token.kind} this reply names is gone")
@@ -667,6 +670,7 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         from_address=parsed.from_address,
     )
     applied = _apply_commands(rt, session, token, extraction, author, on_behalf_of)
+    applied += _warnings(rt, session, message, token, extraction, author, subject.manager)
     message.state = InboundState.RECORDED
     message.quarantine_reason = None
     message.processed_at = rt.now()
@@ -956,6 +960,74 @@ def _apply_commands(
             },
         )
     return done
+
+
+def _warnings(
+    rt: Runtime,
+    session: Session,
+    message: InboundMessage,
+    token: ReplyToken,
+    extraction: Extraction,
+    author: Person,
+    manager: Person,
+) -> list[str]:
+    """``#warning`` lines: a written warning when the manager themself wrote them in a reply
+    to a check-in prompt; from anyone else (the employee, a delegate) they change nothing."""
+    drafts = parse_warnings(extraction.body)
+    if not drafts:
+        return []
+    if token.kind != "occurrence" or author.id != manager.id:
+        audit.record(
+            session,
+            message.organization_id,
+            actor=author.email,
+            action="command.warning_ignored",
+            subject_kind=token.kind,
+            subject_id=token.subject_id,
+            at=rt.now(),
+            data={"inbound_message_id": message.id, "count": len(drafts)},
+        )
+        return ["#warning ignored: only the manager can issue one, from a check-in reply"]
+    ctx = load_checkin(session, message.organization_id, token.subject_id)
+    assert ctx is not None
+    return pips.warnings_from_reply(
+        rt,
+        session,
+        drafts,
+        occurrence=ctx.occurrence,
+        employee=ctx.employee,
+        manager=manager,
+        message=message,
+    )
+
+
+def _acknowledge(
+    rt: Runtime,
+    session: Session,
+    message: InboundMessage,
+    parsed: ParsedEmail,
+    token: ReplyToken,
+    sender: str,
+) -> str:
+    """A reply to an acknowledgement request: only the person asked can acknowledge."""
+    ack = session.get(Acknowledgement, token.subject_id)
+    if ack is None or ack.organization_id != message.organization_id:
+        return _quarantine(session, rt, message, "the acknowledgement this reply names is gone")
+    person = session.get(Person, ack.person_id)
+    if person is None or person.email.lower() != sender.lower():
+        return _quarantine(
+            session,
+            rt,
+            message,
+            f"sender {sender} is not the person asked to acknowledge this "
+            f"{ack.subject_kind.replace('_', ' ')}",
+        )
+    comment = extract(parsed.text, (), parsed.date or rt.now(), parsed.from_name).body
+    result = pips.acknowledge(rt, session, ack, message, comment)
+    message.state = InboundState.RECORDED
+    message.quarantine_reason = None
+    message.processed_at = rt.now()
+    return result
 
 
 def _series_changed(rt: Runtime, session: Session, series: CheckinSeries) -> None:
