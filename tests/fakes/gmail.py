@@ -71,6 +71,7 @@ from email.header import decode_header, make_header
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from tests.fakes import LoopbackServer
 from tests.fakes.google_calendar import (
     REASONS,
     FakeGoogleCalendar,
@@ -236,8 +237,10 @@ class _ApiError(Exception):
         self.response = response
 
 
-class FakeGmail:
+class FakeGmail(LoopbackServer):
     """The fake's state and logic; :meth:`start` serves it on ``127.0.0.1``."""
+
+    handler = _Handler
 
     def __init__(
         self,
@@ -277,44 +280,6 @@ class FakeGmail:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ serving
-
-    def start(self) -> str:
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake  # type: ignore[assignment]
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-        self._thread.start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeGmail:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def token_uri(self) -> str:
-        return self.url + "/token"
 
     # ------------------------------------------------------------------ test hooks
 

@@ -57,6 +57,8 @@ from zoneinfo import ZoneInfo
 
 from dateutil.rrule import rruleset, rrulestr
 
+from tests.fakes import LoopbackServer
+
 UTC = dt.UTC
 ID_PATTERN = re.compile(r"^[a-v0-9]{5,1024}$")
 MAX_PAGE = 2500
@@ -137,7 +139,7 @@ class _ApiError(Exception):
         self.response = response
 
 
-class FakeGoogleCalendar:
+class FakeGoogleCalendar(LoopbackServer):
     """The fake's state and logic; :meth:`start` serves it on ``127.0.0.1``."""
 
     def __init__(
@@ -172,47 +174,9 @@ class FakeGoogleCalendar:
 
     # ------------------------------------------------------------------ serving
 
-    def start(self) -> str:
-        fake = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.fake = fake
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-        self._thread.start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeGoogleCalendar:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
     @property
     def api_endpoint(self) -> str:
         return self.url + "/calendar/v3/"
-
-    @property
-    def token_uri(self) -> str:
-        return self.url + "/token"
 
     # ------------------------------------------------------------------ counters
 
@@ -1291,6 +1255,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------------- another process
+
+
+FakeGoogleCalendar.handler = _Handler  # defined below the fake, so set here
 
 
 class RemoteFake:
