@@ -513,3 +513,48 @@ def test_cli_pip_start_list_extend_close_and_warning(tmp_path: Path):
     [row] = json.loads(listed.stdout)
     assert (row["employee"], row["state"], row["outcome"]) == ("ana@acme.test", "closed", "ended")
     assert row["milestones"] > 13  # 60 days + 30 extension: 12-13 check-ins and 2 reviews
+
+
+# --- the record that comes out of it ------------------------------------------------------------
+
+
+def test_a_late_managers_pip_exports_as_a_complete_ordered_sourced_timeline(
+    rt, org, tmp_path, clock
+):
+    """Issue 6's measure: a 90-day PIP walks the ladder with a late manager, stops when the
+    review is documented, and the export reads as the whole story, in order, each statement
+    tied to its source."""
+    from automation.services.export import timeline, to_data
+
+    pip_id = start(rt, org, tmp_path)
+    plan = outbox(rt, "pip_plan")[0]
+    deliver(rt, reply_to(rt, plan, "ana@acme.test", "Received and understood."), "ack")
+    review = milestones(rt, pip_id, "review")[0]
+    advance_until(rt, clock, review.due_at + dt.timedelta(days=8))  # nobody documents it
+    with rt.factory() as session:
+        prompt = session.scalars(
+            select(OutboundMessage).where(
+                OutboundMessage.idempotency_key == f"pip_review:{review.id}"
+            )
+        ).one()
+    deliver(rt, reply_to(rt, prompt, "boss@acme.test", "1. Goals agreed\n4. At risk"), "late")
+    advance_until(rt, clock, review.due_at + dt.timedelta(days=20))
+    sent = steps(rt, "pip_review", review.id)
+    assert [s.step for s in sent] == [0, 1, 2, 3]  # the ladder stopped once documented
+    with rt.factory() as session:
+        data = to_data(timeline(session, org, "ana@acme.test", "Europe/Berlin"))
+        raws = {m.sha256: m.raw for m in session.scalars(select(InboundMessage))}
+    events = data["events"]
+    kinds = [e["kind"] for e in events]
+    for needed in ("pip", "pip_review", "escalation", "record"):
+        assert needed in kinds, needed
+    assert any("acknowledg" in e["kind"] for e in events), sorted(set(kinds))
+    assert any("goal" in e["kind"] for e in events), sorted(set(kinds))
+    times = [e["time"] for e in events]
+    assert times == sorted(times) and all(t.endswith(("+01:00", "+02:00")) for t in times)
+    escalations = [e for e in events if e["kind"] == "escalation"]
+    assert len(escalations) >= 4
+    records = [e for e in events if e["kind"] == "record"]
+    for event in records:  # every record names its source, and the source is the stored bytes
+        inbound = [s for s in event["sources"] if s["kind"] == "inbound"]
+        assert inbound and all(s["sha256"] in raws and s.get("verified") for s in inbound)
