@@ -1112,41 +1112,7 @@ class FakeGoogleCalendar(LoopbackServer):
     # ------------------------------------------------------------------ batch
 
     def _batch(self, headers: Mapping[str, str], body: bytes) -> Response:
-        content_type = headers.get("content-type", "")
-        if not content_type.startswith("multipart/mixed"):
-            return error(400, "invalid", "batch requests must be multipart/mixed")
-        message = email.parser.BytesParser().parsebytes(
-            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
-        )
-        parts = message.get_payload()
-        if not isinstance(parts, list) or len(parts) > MAX_BATCH:
-            return error(400, "invalid", f"a batch holds 1 to {MAX_BATCH} calls")
-        outer_auth = headers.get("authorization")
-        boundary = "batch_" + secrets.token_hex(12)
-        out = []
-        for part in parts:
-            content_id = str(part.get("Content-ID", "")).strip().strip("<>")
-            payload = part.get_payload()
-            raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
-            method, target, inner_headers, inner_body = _parse_http(raw)
-            path, _, query = target.partition("?")
-            with self.lock:
-                self.counts["inner"] += 1
-            status, resp_headers, resp_body = self.call(
-                method, path, query, inner_headers, inner_body, outer_auth
-            )
-            lines = [
-                f"--{boundary}",
-                "Content-Type: application/http",
-                f"Content-ID: <response-{content_id}>",
-                "",
-                f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
-            ]
-            lines += [f"{k}: {v}" for k, v in resp_headers.items()]
-            lines += [f"Content-Length: {len(resp_body)}", "", ""]
-            out.append("\r\n".join(lines).encode() + resp_body + b"\r\n")
-        out.append(f"--{boundary}--\r\n".encode())
-        return 200, {"Content-Type": f"multipart/mixed; boundary={boundary}"}, b"".join(out)
+        return batch_response(self, headers, body, MAX_BATCH)
 
     # ------------------------------------------------------------------ control (other process)
 
@@ -1174,6 +1140,46 @@ class FakeGoogleCalendar(LoopbackServer):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def batch_response(fake: Any, headers: Mapping[str, str], body: bytes, limit: int) -> Response:
+    """A Google batch request (multipart/mixed of application/http parts), each inner call
+    served by ``fake.call`` and counted; the Calendar and Gmail fakes share it."""
+    content_type = headers.get("content-type", "")
+    if not content_type.startswith("multipart/mixed"):
+        return error(400, "invalid", "batch requests must be multipart/mixed")
+    message = email.parser.BytesParser().parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    parts = message.get_payload()
+    if not isinstance(parts, list) or not parts or len(parts) > limit:
+        return error(400, "invalid", f"a batch holds 1 to {limit} calls")
+    outer_auth = headers.get("authorization")
+    boundary = "batch_" + secrets.token_hex(12)
+    out = []
+    for part in parts:
+        content_id = str(part.get("Content-ID", "")).strip().strip("<>")
+        payload = part.get_payload()
+        raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
+        method, target, inner_headers, inner_body = _parse_http(raw)
+        path, _, query = target.partition("?")
+        with fake.lock:
+            fake.counts["inner"] += 1
+        status, resp_headers, resp_body = fake.call(
+            method, path, query, inner_headers, inner_body, outer_auth
+        )
+        lines = [
+            f"--{boundary}",
+            "Content-Type: application/http",
+            f"Content-ID: <response-{content_id}>",
+            "",
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
+        ]
+        lines += [f"{k}: {v}" for k, v in resp_headers.items()]
+        lines += [f"Content-Length: {len(resp_body)}", "", ""]
+        out.append("\r\n".join(lines).encode() + resp_body + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return 200, {"Content-Type": f"multipart/mixed; boundary={boundary}"}, b"".join(out)
 
 
 def _bearer(value: str | None) -> str:
