@@ -1,8 +1,16 @@
 """The append-only, hash-chained audit log.
 
-Each entry's hash covers the previous entry's hash and the entry's own canonical JSON, so any
-edit, deletion or reordering of history breaks :func:`verify_chain`. Appends for one
-organization are serialised by locking its row (PostgreSQL) or by SQLite's single writer.
+Each entry carries ``content_sha256``, the digest of its content (actor and data), and a hash
+over the previous entry's hash, its own sequence, time, action, subject and that digest. Any
+edit, deletion or reordering of history breaks :func:`verify`.
+
+Hashing the content's digest rather than the content is what lets an erasure (a deletion
+request, the retention period) remove an entry's content while the chain stays verifiable:
+:func:`redact` blanks actor and data and marks the entry with the sequence of the
+``privacy.erased`` entry that accounts for it, and :func:`verify` checks that every erased
+entry is counted by such an entry. The database refuses DELETE on the table and every UPDATE
+but that one (migration 0007). Appends for one organization are serialised by locking its row
+(PostgreSQL) or by SQLite's single writer.
 """
 
 from __future__ import annotations
@@ -10,30 +18,39 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from automation.models import AuditEntry, Organization
+
+ERASED_ACTOR = "[erased]"
+ERASED_DATA: dict[str, Any] = {"erased": True}
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_digest(actor: str, data: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical([actor, data]).encode()).hexdigest()
 
 
 def entry_hash(
     prev_hash: str,
     seq: int,
     at: dt.datetime,
-    actor: str,
     action: str,
     subject_kind: str,
     subject_id: int | None,
-    data: dict[str, Any],
+    content_sha256: str,
 ) -> str:
-    body = json.dumps(
-        [seq, at.astimezone(dt.UTC).isoformat(), actor, action, subject_kind, subject_id, data],
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
+    body = _canonical(
+        [seq, at.astimezone(dt.UTC).isoformat(), action, subject_kind, subject_id, content_sha256]
     )
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
@@ -50,27 +67,21 @@ def record(
     data: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Append one entry to the organization's chain, in the caller's transaction."""
-    org = session.execute(
-        select(Organization).where(Organization.id == organization_id).with_for_update()
-    ).scalar_one()
-    data = data or {}
-    seq = org.audit_seq + 1
-    digest = entry_hash(org.audit_head, seq, at, actor, action, subject_kind, subject_id, data)
-    entry = AuditEntry(
-        organization_id=organization_id,
-        seq=seq,
-        at=at,
-        actor=actor,
-        action=action,
-        subject_kind=subject_kind,
-        subject_id=subject_id,
-        data=data,
-        prev_hash=org.audit_head,
-        hash=digest,
+    (entry,) = _append(
+        session,
+        organization_id,
+        [
+            {
+                "actor": actor,
+                "action": action,
+                "subject_kind": subject_kind,
+                "subject_id": subject_id,
+                "data": data,
+            }
+        ],
+        at,
+        bulk=False,
     )
-    org.audit_seq = seq
-    org.audit_head = digest
-    session.add(entry)
     return entry
 
 
@@ -81,17 +92,27 @@ def record_many(
     :func:`record` except ``at``. One lock and one INSERT instead of one per entry."""
     if not entries:
         return 0
+    return len(_append(session, organization_id, entries, at, bulk=True))
+
+
+def _append(
+    session: Session,
+    organization_id: int,
+    entries: list[dict[str, Any]],
+    at: dt.datetime,
+    *,
+    bulk: bool,
+) -> list[AuditEntry]:
     org = session.execute(
         select(Organization).where(Organization.id == organization_id).with_for_update()
     ).scalar_one()
-    rows = []
+    rows: list[dict[str, Any]] = []
     seq, head = org.audit_seq, org.audit_head
     for e in entries:
         seq += 1
         data = e.get("data") or {}
-        digest = entry_hash(
-            head, seq, at, e["actor"], e["action"], e["subject_kind"], e["subject_id"], data
-        )
+        content = content_digest(e["actor"], data)
+        digest = entry_hash(head, seq, at, e["action"], e["subject_kind"], e["subject_id"], content)
         rows.append(
             {
                 "organization_id": organization_id,
@@ -104,32 +125,70 @@ def record_many(
                 "data": data,
                 "prev_hash": head,
                 "hash": digest,
+                "content_sha256": content,
             }
         )
         head = digest
-    session.execute(insert(AuditEntry), rows)
     org.audit_seq, org.audit_head = seq, head
-    return len(rows)
+    if bulk:
+        session.execute(insert(AuditEntry), rows)
+        return [AuditEntry(**r) for r in rows]
+    added = [AuditEntry(**r) for r in rows]
+    session.add_all(added)
+    return added
+
+
+def redact(
+    session: Session,
+    organization_id: int,
+    entry_ids: Collection[int],
+    *,
+    actor: str,
+    subject_kind: str,
+    subject_id: int | None,
+    at: dt.datetime,
+    data: dict[str, Any],
+) -> AuditEntry:
+    """Erase the content of these entries and append the ``privacy.erased`` entry that
+    accounts for them (``data`` plus the count), in the caller's transaction.
+
+    ``data`` must say what was done without repeating what was removed.
+    """
+    org = session.execute(
+        select(Organization).where(Organization.id == organization_id).with_for_update()
+    ).scalar_one()
+    erasure_seq = org.audit_seq + 1
+    ids = sorted(set(entry_ids))
+    erased = 0
+    for start in range(0, len(ids), 500):
+        erased += session.execute(
+            update(AuditEntry)
+            .where(
+                AuditEntry.organization_id == organization_id,
+                AuditEntry.id.in_(ids[start : start + 500]),
+                AuditEntry.redacted_by.is_(None),
+            )
+            .values(actor=ERASED_ACTOR, data=ERASED_DATA, redacted_by=erasure_seq)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    entry = record(
+        session,
+        organization_id,
+        actor=actor,
+        action="privacy.erased",
+        subject_kind=subject_kind,
+        subject_id=subject_id,
+        at=at,
+        data={**data, "audit_entries_erased": erased},
+    )
+    assert entry.seq == erasure_seq
+    return entry
 
 
 def verify_chain(session: Session, organization_id: int) -> tuple[bool, int | None]:
     """Return (True, None) if the chain is intact, else (False, seq of the first bad entry)."""
-    prev = "0" * 64
-    expected_seq = 1
-    rows = session.scalars(
-        select(AuditEntry)
-        .where(AuditEntry.organization_id == organization_id)
-        .order_by(AuditEntry.seq)
-    )
-    for e in rows:
-        digest = entry_hash(
-            prev, e.seq, e.at, e.actor, e.action, e.subject_kind, e.subject_id, e.data
-        )
-        if e.seq != expected_seq or e.prev_hash != prev or e.hash != digest:
-            return False, e.seq
-        prev = e.hash
-        expected_seq += 1
-    return True, None
+    check = verify(session, organization_id)
+    return check.intact, check.seq
 
 
 @dataclass(frozen=True)
@@ -174,6 +233,10 @@ def verify(session: Session, organization_id: int) -> ChainCheck:
         .order_by(AuditEntry.seq)
         .execution_options(yield_per=1000)
     )
+    # An erased entry names the ``privacy.erased`` entry that accounts for it; that entry, later
+    # in the chain, must count exactly the entries that name it.
+    erased_by: Counter[int] = Counter()
+    first_erased: dict[int, int] = {}
     for e in rows:
         if e.seq > org.audit_seq:
             return check(
@@ -184,12 +247,24 @@ def verify(session: Session, organization_id: int) -> ChainCheck:
         if e.seq != expected:
             gap = f"{expected}" if e.seq == expected + 1 else f"{expected}-{e.seq - 1}"
             return check("missing", expected, f"entry {gap} removed (the next entry is {e.seq})")
+        if e.redacted_by is None:
+            if content_digest(e.actor, e.data) != e.content_sha256:
+                return check("altered", e.seq, f"entry {e.seq}'s content does not match its digest")
+        elif e.redacted_by <= e.seq:
+            return check(
+                "altered",
+                e.seq,
+                f"entry {e.seq} is marked as erased by entry {e.redacted_by}, which is not later",
+            )
+        else:
+            erased_by[e.redacted_by] += 1
+            first_erased.setdefault(e.redacted_by, e.seq)
         digest = entry_hash(
-            prev, e.seq, e.at, e.actor, e.action, e.subject_kind, e.subject_id, e.data
+            prev, e.seq, e.at, e.action, e.subject_kind, e.subject_id, e.content_sha256
         )
         if e.hash != digest:
             if e.prev_hash != prev and e.hash == entry_hash(
-                e.prev_hash, e.seq, e.at, e.actor, e.action, e.subject_kind, e.subject_id, e.data
+                e.prev_hash, e.seq, e.at, e.action, e.subject_kind, e.subject_id, e.content_sha256
             ):
                 # This entry is whole and still links to the original hash of the one before:
                 # that one was changed and given a fresh hash.
@@ -202,7 +277,24 @@ def verify(session: Session, organization_id: int) -> ChainCheck:
             return check("altered", e.seq, f"entry {e.seq}'s content does not match its hash")
         if e.prev_hash != prev:
             return check("altered", e.seq, f"entry {e.seq}'s link to entry {e.seq - 1} changed")
+        if e.action == "privacy.erased" or e.seq in erased_by:
+            claimed = (e.data or {}).get("audit_entries_erased", 0)
+            found = erased_by.pop(e.seq, 0)
+            if e.action != "privacy.erased" or found != claimed:
+                return check(
+                    "altered",
+                    first_erased.get(e.seq, e.seq),
+                    f"{found} entries are marked as erased by entry {e.seq}, which accounts "
+                    f"for {claimed if e.action == 'privacy.erased' else 'none'}",
+                )
         prev, expected, count = e.hash, expected + 1, count + 1
+    if erased_by:
+        seq = min(first_erased[s] for s in erased_by)
+        return check(
+            "altered",
+            seq,
+            f"entry {seq} is marked as erased by entry {min(erased_by)}, which does not exist",
+        )
     if count < org.audit_seq:
         return check(
             "missing",

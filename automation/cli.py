@@ -18,6 +18,7 @@ from typing import Any
 from automation.errors import AutomationError, ConfigError, ImportRejected
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 66, 75, 78
+EX_NOPERM = 77  # sysexits.h: the reader may not see what they asked for
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -743,7 +744,15 @@ def cmd_calendars_sync(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """An employee's whole timeline as JSON, HTML or PDF; --bundle adds the sources (zip).
 
-    Runs as an operator, with the database's full view (the console's roles come later)."""
+    ``--as`` names the reader: it must be in the employee's manager chain, their HR partner or
+    an HR admin (config/privacy.toml); times are shown in the reader's zone, and the export is
+    written to the audit log under the reader's name."""
+    from sqlalchemy import func, select
+
+    from automation import audit
+    from automation.config import load_privacy
+    from automation.db import transaction
+    from automation.models import Person
     from automation.services.export import (
         EmployeeNotFound,
         bundle,
@@ -752,16 +761,43 @@ def cmd_export(args: argparse.Namespace) -> int:
         render,
         timeline,
     )
+    from automation.services.privacy import AccessDenied, check_reader
 
     rt = _inbox_runtime(args)
     try:
-        try:
-            zone = parse_zone(args.timezone or rt.settings.default_timezone)
-        except ValueError as exc:
-            print(f"automation export: {exc}", file=sys.stderr)
-            return EX_USAGE
         org = _org(rt)
+        policy = load_privacy(rt.settings)
         with rt.factory() as session:
+            employee = session.scalar(
+                select(Person).where(
+                    Person.organization_id == org,
+                    func.lower(Person.email) == args.employee.strip().lower(),
+                )
+            )
+            if employee is None:
+                print(f"automation export: nobody with the address {args.employee} is on "
+                      "record", file=sys.stderr)  # fmt: skip
+                return EX_DATAERR
+            try:
+                why = check_reader(session, policy, employee, args.reader)
+            except AccessDenied as exc:
+                print(f"automation export: refused: {exc}", file=sys.stderr)
+                return EX_NOPERM
+            reader = session.scalar(
+                select(Person).where(
+                    Person.organization_id == org,
+                    func.lower(Person.email) == args.reader.strip().lower(),
+                )
+            )
+            try:
+                zone = parse_zone(
+                    args.timezone
+                    or (reader.timezone if reader is not None else None)
+                    or rt.settings.default_timezone
+                )
+            except ValueError as exc:
+                print(f"automation export: {exc}", file=sys.stderr)
+                return EX_USAGE
             try:
                 tl = timeline(session, org, args.employee, zone)
             except EmployeeNotFound as exc:
@@ -777,6 +813,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                 if args.bundle
                 else None
             )
+        with transaction(rt.factory) as session:
+            audit.record(
+                session,
+                org,
+                actor=args.reader.strip().lower(),
+                action="record.exported",
+                subject_kind="person",
+                subject_id=employee.id,
+                at=rt.now(),
+                data={"format": args.format, "bundle": zipped is not None, "access": why},
+            )
     finally:
         rt.engine.dispose()
     if args.out and args.out != "-":
@@ -791,10 +838,131 @@ def cmd_export(args: argparse.Namespace) -> int:
         Path(args.bundle).write_bytes(zipped)
     where = f" to {args.out}" if args.out and args.out != "-" else ""
     print(
-        f"exported {len(tl.events)} event(s) of {tl.employee['email']}{where}"
-        + (f"; bundle {args.bundle}" if zipped is not None else ""),
+        f"exported {len(tl.events)} event(s) of {tl.employee['email']}{where} for "
+        f"{args.reader} ({why})" + (f"; bundle {args.bundle}" if zipped is not None else ""),
         file=sys.stderr,
     )
+    return EX_OK
+
+
+def _privacy_call(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
+    """Run one privacy operation in a transaction; None (with the reason printed) if refused."""
+    import getpass
+
+    from automation.db import transaction
+    from automation.services.privacy import PrivacyError
+
+    rt = _inbox_runtime(args)
+    try:
+        org = _org(rt)
+        by = args.by or f"operator:{getpass.getuser()}"
+        with transaction(rt.factory) as session:
+            return action(rt, session, org, by)
+    except PrivacyError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return None
+    finally:
+        rt.engine.dispose()
+
+
+def cmd_privacy_hold(args: argparse.Namespace) -> int:
+    from automation.services import privacy
+
+    if args.action == "list":
+
+        def listing(rt, session, org, by):  # type: ignore[no-untyped-def]
+            return privacy.list_holds(session, org, all_=args.all)
+
+        rows = _privacy_call(args, listing) or []
+        if args.json:
+            print(json.dumps([asdict(r) for r in rows], indent=2, default=str))
+        else:
+            for r in rows:
+                state = f"released {r.released_at:%Y-%m-%d}" if r.released_at else "ACTIVE"
+                print(f"{r.id:>4}  {r.person:<32} {state:<20} {r.placed_at:%Y-%m-%d}  {r.reason}")
+            if not rows:
+                print("no legal holds" + ("" if args.all else " active"))
+        return EX_OK
+    if not args.employee:
+        print(f"automation privacy hold {args.action}: name the employee", file=sys.stderr)
+        return EX_USAGE
+    if args.action == "place":
+        if not args.reason:
+            print("automation privacy hold place: add --reason (the matter)", file=sys.stderr)
+            return EX_USAGE
+        hold = _privacy_call(
+            args,
+            lambda rt, session, org, by: (
+                privacy.place_hold(session, org, args.employee, args.reason, by, rt.now()).id
+            ),
+        )
+        if hold is None:
+            return EX_DATAERR
+        print(f"legal hold {hold} placed on {args.employee}: nothing of theirs is erased")
+        return EX_OK
+    released = _privacy_call(
+        args,
+        lambda rt, session, org, by: [
+            h.id for h in privacy.release_hold(session, org, args.employee, by, rt.now())
+        ],
+    )
+    if released is None:
+        return EX_DATAERR
+    print(
+        f"legal hold(s) {', '.join(map(str, released))} on {args.employee} released; "
+        "deletion requests it held run at the next retention sweep"
+    )
+    return EX_OK
+
+
+def cmd_privacy_erase(args: argparse.Namespace) -> int:
+    from automation.services import privacy
+
+    result = _privacy_call(
+        args,
+        lambda rt, session, org, by: (lambda r: (r.id, r.state, dict(r.removed or {})))(
+            privacy.request_erasure(session, org, args.employee, args.reference, by, rt.now())
+        ),
+    )
+    if result is None:
+        return EX_DATAERR
+    request_id, state, removed = result
+    if args.json:
+        print(json.dumps({"request": request_id, "state": state, "removed": removed}))
+    elif state == "held":
+        print(
+            f"deletion request {request_id} recorded but HELD: {args.employee} is under a legal "
+            "hold; it is carried out when the hold is released"
+        )
+    else:
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in removed.items() if v)
+        print(f"deletion request {request_id} done: {counts or 'nothing held personal data'}")
+    return EX_OK
+
+
+def cmd_privacy_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import asdict as as_dict
+
+    from automation.config import load_privacy
+    from automation.services import privacy
+
+    result = _privacy_call(
+        args,
+        lambda rt, session, org, by: privacy.sweep(
+            session, org, load_privacy(rt.settings), rt.now()
+        ),
+    )
+    if result is None:
+        return EX_DATAERR
+    if args.json:
+        print(json.dumps(as_dict(result)))
+    else:
+        print(
+            f"retention: {result.people_erased} person(s) erased, "
+            f"{result.held_requests_done} held request(s) carried out, "
+            f"{result.unrecorded_mail_erased} unrecorded and {result.sent_mail_erased} sent "
+            f"message(s) expired; {result.skipped_for_holds} kept for legal holds"
+        )
     return EX_OK
 
 
@@ -1199,18 +1367,60 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export everything on record about one employee, each statement citing "
         "its source (the raw message's SHA-256, the audit entry). --bundle also writes a zip "
         "of the raw source messages (.eml), the sent messages, the invites (.ics), "
-        "timeline.json and a MANIFEST.txt of their SHA-256. Runs as an operator.",
+        "timeline.json and a MANIFEST.txt of their SHA-256. --as names the reader, who must "
+        "be in the employee's manager chain, their HR partner or an HR admin "
+        "(config/privacy.toml); the export is written to the audit log.",
     )
     p.add_argument("employee", metavar="EMPLOYEE", help="the employee's email address")
+    p.add_argument(
+        "--as",
+        dest="reader",
+        required=True,
+        metavar="READER",
+        help="who reads it: a manager in their chain, their HR partner or an HR admin",
+    )
     p.add_argument("--format", choices=["json", "html", "pdf"], default="json")
     p.add_argument(
         "--timezone",
         metavar="ZONE",
-        help="show times in this IANA zone (default: the settings' default_timezone)",
+        help="show times in this IANA zone (default: the reader's, else default_timezone)",
     )
     p.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     p.add_argument("--bundle", metavar="ZIP", help="also write the sources bundle here")
     p.set_defaults(func=cmd_export)
+
+    privacy_cmd = sub.add_parser(
+        "privacy", help="legal holds, deletion requests and the retention sweep"
+    ).add_subparsers(dest="sub", required=True)
+    p = privacy_cmd.add_parser(
+        "hold", help="place, release or list legal holds (a hold stops every erasure)"
+    )
+    p.add_argument("action", choices=("place", "release", "list"))
+    p.add_argument("employee", nargs="?", help="the person's email address")
+    p.add_argument("--reason", help="the matter the hold is for (place)")
+    p.add_argument("--all", action="store_true", help="list released holds too")
+    p.add_argument("--by", help="who asks (default: operator:<login>)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_privacy_hold)
+    p = privacy_cmd.add_parser(
+        "erase",
+        help="a deletion request: remove a former employee's personal data (unless held)",
+        description="Removes the person's record content, mail, goals, warnings, comments, "
+        "name and address; keeps the skeleton (times, states, ids) and says so in the audit "
+        "log without the content. Under a legal hold the request is kept and carried out "
+        "once the hold is released.",
+    )
+    p.add_argument("employee")
+    p.add_argument("--reference", required=True, help="the ticket or letter it answers")
+    p.add_argument("--by", help="who asks (default: operator:<login>)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_privacy_erase)
+    p = privacy_cmd.add_parser(
+        "sweep", help="apply the retention periods now (the service runs it daily)"
+    )
+    p.add_argument("--by", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_privacy_sweep)
 
     audit_cmd = sub.add_parser("audit", help="the audit log").add_subparsers(
         dest="sub", required=True

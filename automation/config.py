@@ -601,6 +601,86 @@ def load_delegates(settings: Settings) -> Delegates:
     return {manager: frozenset(found) for manager, found in out.items()}
 
 
+PRIVACY_FILE = "privacy.toml"
+_RETENTION_KEYS = {
+    "years_after_leaving": (6, "years", 1, 100),
+    "unrecorded_mail_days": (90, "days", 1, 36_500),
+    "sent_mail_days": (730, "days", 1, 36_500),
+}
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    """``config/privacy.toml``: who may read records besides the manager chain and the HR
+    partner, and how long personal data is kept (a legal hold suspends all of it)."""
+
+    hr_admins: frozenset[str] = frozenset()
+    years_after_leaving: int = 6  # a person's records, mail and goals, from when they left
+    unrecorded_mail_days: int = 90  # raw mail that never became a record
+    sent_mail_days: int = 730  # the bodies of emails sent; the row (who, when, why) stays
+
+
+def load_privacy(settings: Settings) -> PrivacyPolicy:
+    """Read ``config/privacy.toml``; a missing file means the defaults and no HR admins."""
+    path = settings.config_dir / PRIVACY_FILE
+    if not path.exists():
+        return PrivacyPolicy()
+    data = read_toml(path)
+    file = str(path)
+    problems: list[ConfigProblem] = []
+    for key in data:
+        if key not in ("hr_admins", "retention"):
+            problems.append(
+                ConfigProblem(file, key, "unknown key", "only hr_admins and [retention]")
+            )
+    admins = data.get("hr_admins", [])
+    if not isinstance(admins, list):
+        admins = [admins]
+    found: set[str] = set()
+    for i, address in enumerate(admins):
+        if not isinstance(address, str) or not _ADDRESS.match(address.strip()):
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"hr_admins[{i}]",
+                    f"expected an email address, got {address!r}",
+                    'a list of bare addresses, e.g. hr_admins = ["hr@example.com"]',
+                )
+            )
+        else:
+            found.add(address.strip().lower())
+    retention = data.get("retention", {})
+    values: dict[str, int] = {}
+    if not isinstance(retention, dict):
+        problems.append(
+            ConfigProblem(file, "retention", "expected a table", "write it as [retention]")
+        )
+        retention = {}
+    for key, value in retention.items():
+        if key not in _RETENTION_KEYS:
+            problems.append(
+                ConfigProblem(
+                    file, f"retention.{key}", "unknown key", ", ".join(sorted(_RETENTION_KEYS))
+                )
+            )
+            continue
+        _, unit, low, high = _RETENTION_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"retention.{key}",
+                    f"expected a whole number of {unit} from {low} to {high}, got {value!r}",
+                    f"e.g. {key} = {_RETENTION_KEYS[key][0]}",
+                )
+            )
+        else:
+            values[key] = value
+    if problems:
+        raise ConfigError(problems)
+    return PrivacyPolicy(hr_admins=frozenset(found), **values)
+
+
 def check_all(config_file: Path | None = None) -> tuple[Settings | None, list[ConfigProblem]]:
     """Validate settings, every cadence and every template; never stops at the first problem."""
     problems: list[ConfigProblem] = []
@@ -623,10 +703,11 @@ def check_all(config_file: Path | None = None) -> tuple[Settings | None, list[Co
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems.extend(check_templates(settings.templates_dir))
-    try:
-        load_delegates(settings)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
+    for loader in (load_delegates, load_privacy):
+        try:
+            loader(settings)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     try:
         load_pip_plans(
             settings.config_dir / "example" / "pips.toml", template_names(settings.templates_dir)

@@ -150,6 +150,11 @@ class Person(OrgScoped, Base):
     mail_soft_bounces: Mapped[int | None]
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
+    # When they stopped being active (retention counts from here); cleared if they return.
+    left_at: Mapped[dt.datetime | None]
+    # When their personal data was erased (a deletion request or the retention period): the
+    # row stays, with a placeholder name and address, so the records' skeleton still adds up.
+    erased_at: Mapped[dt.datetime | None]
 
 
 class Cadence(OrgScoped, Base):
@@ -294,6 +299,9 @@ class Pip(OrgScoped, Base):
     extended_days: Mapped[int | None]
     closed_at: Mapped[dt.datetime | None]
     closing_note: Mapped[str | None] = mapped_column(Text)
+    # What every review must document (the template's documentation.required, as numbered
+    # questions), kept with the PIP so a later edit of the template does not change it.
+    documentation: Mapped[list[Any] | None]
 
 
 class PipReview(OrgScoped, Base):
@@ -471,6 +479,7 @@ class InboundMessage(OrgScoped, Base):
     released_at: Mapped[dt.datetime | None]
     received_at: Mapped[dt.datetime]
     processed_at: Mapped[dt.datetime | None]
+    erased_at: Mapped[dt.datetime | None]  # raw bytes, sender and subject removed
 
 
 class ConversationRecord(OrgScoped, Base):
@@ -494,6 +503,7 @@ class ConversationRecord(OrgScoped, Base):
     notes: Mapped[str] = mapped_column(Text, default="")
     commands: Mapped[list[Any]]
     created_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime | None]  # content removed by an erasure; the row remains
 
 
 class ActionItem(OrgScoped, Base):
@@ -565,3 +575,47 @@ class AuditEntry(OrgScoped, Base):
     data: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # sha256 of the entry's content (actor and data); the chain hashes this digest, so an
+    # erasure can remove the content of an entry and the chain still verifies.
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    # Set only by an erasure: the seq of its ``privacy.erased`` entry, which counts them.
+    redacted_by: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class LegalHold(OrgScoped, Base):
+    """A legal hold on one person's data: while it is active nothing of theirs is erased,
+    neither by a deletion request nor by the retention period."""
+
+    __tablename__ = "legal_holds"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        org_fk("person_id", "people"),
+    )
+    person_id: Mapped[int]
+    reason: Mapped[str] = mapped_column(Text)
+    placed_by: Mapped[str] = mapped_column(String(320))
+    placed_at: Mapped[dt.datetime]
+    released_by: Mapped[str | None] = mapped_column(String(320))
+    released_at: Mapped[dt.datetime | None]
+
+
+class ErasureRequest(OrgScoped, Base):
+    """A request to erase one person's personal data (or the retention period's own).
+
+    ``state`` is ``held`` while a legal hold stops it (it is carried out by the retention sweep
+    once the hold is released) and ``done`` once carried out; ``removed`` counts what went,
+    by kind, and never holds the content.
+    """
+
+    __tablename__ = "erasure_requests"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        org_fk("person_id", "people"),
+    )
+    person_id: Mapped[int]
+    reference: Mapped[str] = mapped_column(String(200))  # the ticket or letter it answers
+    requested_by: Mapped[str] = mapped_column(String(320))
+    requested_at: Mapped[dt.datetime]
+    state: Mapped[str] = mapped_column(String(20))
+    completed_at: Mapped[dt.datetime | None]
+    removed: Mapped[dict[str, Any] | None]

@@ -454,6 +454,7 @@ def apply_people(
                 name=r.name,
                 timezone=r.timezone,
                 active=r.active,
+                left_at=None if r.active else now,
                 manager_id=None,
                 hr_partner_id=None,
                 created_at=now,
@@ -477,6 +478,8 @@ def apply_people(
         if not changes:
             unchanged += 1
             continue
+        if person.active != r.active:
+            person.left_at = None if r.active else now  # retention counts from leaving
         person.name, person.timezone, person.active = r.name, r.timezone, r.active
         person.updated_at = now
         written.append((r, person, changes))

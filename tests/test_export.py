@@ -159,7 +159,8 @@ def test_html_escapes_pdf_names_and_bundle_holds_every_cited_source(rt, org, wee
 
     assert pdf.startswith(b"%PDF")
     streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S)
-    content = b"".join(zlib.decompress(s) if s[:1] == b"x" else s for s in streams)
+    # decompressobj: the regex may cut a stream whose binary body holds "\nendstream"
+    content = b"".join(zlib.decompressobj().decompress(s) if s[:1] == b"x" else s for s in streams)
     assert b"Ana Souza" in content
     assert export.render_pdf(tl) == pdf  # reproducible: no creation time inside
 
@@ -201,20 +202,41 @@ def test_export_command_writes_formats_and_the_bundle(rt, org, clock, settings, 
                                                       tmp_path, capsys):  # fmt: skip
     _cli_env(monkeypatch, settings)
     out, zipped = tmp_path / "ana.json", tmp_path / "ana.zip"
-    assert main(["export", ANA, "--out", str(out), "--bundle", str(zipped)]) == 0
+    boss = ["--as", "boss@acme.test"]
+    assert main(["export", ANA, *boss, "--out", str(out), "--bundle", str(zipped)]) == 0
     data = json.loads(out.read_bytes())
-    assert data["timezone"] == "Europe/Berlin"  # the settings' default, not UTC
-    assert data["events"] and data["events"][0]["time"].endswith(("+01:00", "+02:00"))
+    assert data["timezone"] == "America/New_York"  # the reader's zone, not the default's
+    assert data["events"] and data["events"][0]["time"].endswith(("-05:00", "-04:00"))
     with zipfile.ZipFile(zipped) as archive:
         assert archive.read("timeline.json") == out.read_bytes()
-    assert main(["export", ANA, "--format", "pdf", "--out", str(tmp_path / "a.pdf")]) == 0
+    pdf = ["--format", "pdf", "--out", str(tmp_path / "a.pdf")]
+    assert main(["export", ANA, "--as", "hr@acme.test", *pdf]) == 0
     assert (tmp_path / "a.pdf").read_bytes().startswith(b"%PDF")
     capsys.readouterr()
-    assert main(["export", ANA, "--format", "html", "--timezone", "Asia/Tokyo"]) == 0
+    assert main(["export", ANA, *boss, "--format", "html", "--timezone", "Asia/Tokyo"]) == 0
     assert "Asia/Tokyo" in capsys.readouterr().out
-    assert main(["export", "nobody@acme.test"]) == 65
-    assert main(["export", ANA, "--timezone", "Mars/Olympus"]) == 64
+    # Someone outside the chain and not in HR (a peer; an address we do not know) is refused.
+    assert main(["export", ANA, "--as", "kai@acme.test"]) == 77
+    assert "kai@acme.test may not read the records of ana@acme.test" in capsys.readouterr().err
+    assert main(["export", ANA, "--as", "stranger@elsewhere.test"]) == 77
+    # An HR admin of config/privacy.toml, who is not on record as a person: the default zone.
+    assert main(["export", ANA, "--as", "hr@example.com", "--out", str(out)]) == 0
+    assert json.loads(out.read_bytes())["timezone"] == "Europe/Berlin"
+    assert main(["export", "nobody@acme.test", *boss]) == 65
+    assert main(["export", ANA, *boss, "--timezone", "Mars/Olympus"]) == 64
     assert "unknown time zone" in capsys.readouterr().err
+    with rt.factory() as session:
+        exported = session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.action == "record.exported")
+            .order_by(AuditEntry.seq)
+        ).all()
+    assert [(e.actor, e.data["access"]) for e in exported] == [
+        ("boss@acme.test", "manager"),
+        ("hr@acme.test", "HR partner"),
+        ("boss@acme.test", "manager"),
+        ("hr@example.com", "HR admin"),
+    ]
 
 
 def _tamper(rt, sql: str) -> None:  # type: ignore[no-untyped-def]
@@ -269,16 +291,20 @@ def test_audit_verify_catches_removed_newest_entries_and_a_rewritten_entry(rt, o
     with rt.factory() as session:
         last = session.scalar(select(AuditEntry.seq).order_by(AuditEntry.seq.desc()).limit(1))
         two = session.scalar(select(AuditEntry).where(AuditEntry.seq == 2))
+        content = audit.content_digest("mallory", two.data)
         forged = audit.entry_hash(
-            two.prev_hash, 2, two.at, "mallory", two.action, two.subject_kind, two.subject_id,
-            two.data,
-        )  # fmt: skip
+            two.prev_hash, 2, two.at, two.action, two.subject_kind, two.subject_id, content
+        )
     _tamper(rt, f"DELETE FROM audit_log WHERE seq = {last}")  # truncating the tail
     with rt.factory() as session:
         check = audit.verify(session, org)
     assert (check.problem, check.seq) == ("missing", last)
     # Changing an entry and giving it a fresh hash: the next entry still names the old one.
-    _tamper(rt, f"UPDATE audit_log SET actor = 'mallory', hash = '{forged}' WHERE seq = 2")
+    _tamper(
+        rt,
+        f"UPDATE audit_log SET actor = 'mallory', content_sha256 = '{content}', "
+        f"hash = '{forged}' WHERE seq = 2",
+    )
     with rt.factory() as session:
         check = audit.verify(session, org)
     assert (check.problem, check.seq) == ("altered", 2)

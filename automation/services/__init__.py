@@ -5,4 +5,11 @@ results, not exceptions.
 Importing this package registers every task handler.
 """
 
-from automation.services import calendars, escalation, inbound, messages, planning  # noqa: F401
+from automation.services import (  # noqa: F401
+    calendars,
+    escalation,
+    inbound,
+    messages,
+    planning,
+    privacy,
+)

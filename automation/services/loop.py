@@ -22,7 +22,9 @@ def bootstrap(rt: Runtime) -> int:
         org = ensure_organization(
             session, rt.settings.organization, rt.settings.organization_name, now
         )
-        create_task(session, org.id, "plan", f"plan:{now.date().isoformat()}", org.id, now, now)
+        today = now.date().isoformat()
+        create_task(session, org.id, "plan", f"plan:{today}", org.id, now, now)
+        create_task(session, org.id, "retention", f"retention:{today}", org.id, now, now)
         return org.id
 
 
