@@ -1116,6 +1116,64 @@ def cmd_warning_create(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """The work queue: counts by kind and state, the failed jobs (dead letters), retry."""
+    import getpass
+
+    from automation.db import transaction
+    from automation.services import jobs
+
+    rt = _inbox_runtime(args)
+    try:
+        org = _org(rt)
+        if args.sub == "retry":
+            if not args.ids and not args.all:
+                print("automation jobs retry: name job ids, or --all", file=sys.stderr)
+                return EX_USAGE
+            try:
+                with transaction(rt.factory) as session:
+                    ids = jobs.retry_jobs(
+                        session,
+                        org,
+                        None if args.all else args.ids,
+                        kind=args.kind,
+                        by=f"operator:{getpass.getuser()}",
+                        now=rt.now(),
+                    )
+            except jobs.NotFailed as exc:
+                print(f"refused: {exc}", file=sys.stderr)
+                return EX_DATAERR
+            print(f"{len(ids)} job(s) due again" + (": " + ", ".join(map(str, ids)) if ids else ""))
+            return EX_OK
+        with rt.factory() as session:
+            if args.sub == "status":
+                counts = jobs.queue_counts(session, org)
+                if args.json:
+                    print(json.dumps([asdict(c) for c in counts], default=str, indent=2))
+                else:
+                    print(f"{'kind':<24} {'state':<8} {'count':>7}  oldest due (UTC)")
+                    for c in counts:
+                        oldest = f"{c.oldest_due:%Y-%m-%d %H:%M}" if c.oldest_due else ""
+                        print(f"{c.kind:<24} {c.state:<8} {c.count:>7}  {oldest}")
+                    if not counts:
+                        print("nothing queued")
+                return EX_OK
+            failed = jobs.failed_jobs(session, org, args.kind, args.limit)
+    finally:
+        rt.engine.dispose()
+    if args.json:
+        print(json.dumps([asdict(f) for f in failed], default=str, indent=2))
+    else:
+        for f in failed:
+            print(f"{f.id:>7}  {f.kind:<20} attempts {f.attempts:<3} {f.failed_at:%Y-%m-%d %H:%M}")
+            print(f"         {f.key}\n         {f.error.splitlines()[0] if f.error else ''}")
+        print(
+            f"{len(failed)} failed job(s)"
+            + ("; retry with: automation jobs retry ID" if failed else "")
+        )
+    return EX_OK
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from automation.db import make_engine, migrate
 
@@ -1467,6 +1525,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", default="written_warning", choices=("written_warning", "corrective_action")
     )
     p.set_defaults(func=cmd_warning_create)
+
+    jobs_cmd = sub.add_parser(
+        "jobs", help="the work queue: status, failed jobs (dead letters), retry"
+    ).add_subparsers(dest="sub", required=True)
+    p = jobs_cmd.add_parser("status", help="queued, leased and failed jobs by kind")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+    p = jobs_cmd.add_parser(
+        "failed", help="jobs that failed for good (max_attempts, or refused by a provider)"
+    )
+    p.add_argument("--kind", help="only this kind (send, agenda, escalate, ...)")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+    p = jobs_cmd.add_parser("retry", help="make failed jobs due again (audited)")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID")
+    p.add_argument("--all", action="store_true", help="every failed job (of --kind)")
+    p.add_argument("--kind")
+    p.set_defaults(func=cmd_jobs)
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)

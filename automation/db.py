@@ -8,12 +8,14 @@ LOCKED`` when the tick picks due rows.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, or_, select, update
+from sqlalchemy import Engine, create_engine, event, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -81,6 +83,44 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
         conn.commit()
+
+
+@contextmanager
+def exclusive(engine: Engine, name: str) -> Iterator[bool]:
+    """A named lock held for the block by one process on any machine; yields False at once,
+    without waiting, when another holds it (the caller then skips work someone else is doing).
+
+    PostgreSQL: a session advisory lock on a connection of its own, released at the end of the
+    block or when the process dies (its session ends). SQLite, one machine: ``flock`` on a
+    file beside the database, which also excludes other threads of the same process.
+    """
+    if engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as conn:
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield True  # a private in-memory database: nobody else can see it
+        return
+    path = Path(f"{database}.{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock")
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def due_task_ids(session: Session, now: dt.datetime, limit: int = 500) -> list[int]:

@@ -1,0 +1,105 @@
+"""The work queue from outside (status, dead letters, retry) and the cross-process lock the
+tick's singleton work runs under (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from automation.cli import main
+from automation.db import exclusive, make_engine, transaction
+from automation.models import AuditEntry, Task, TaskState
+from automation.services import tasks
+from automation.services.tasks import create_task
+from tests.conftest import start_organization
+from tests.test_export import _cli_env
+
+
+@pytest.fixture
+def org(rt, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]
+    return start_organization(rt, tmp_path)
+
+
+def test_a_named_lock_is_held_by_one_holder_at_a_time(rt, settings):
+    other = make_engine(settings.database)  # another process's engine, on its own connections
+    try:
+        with exclusive(rt.engine, "poll_inbox:1") as first:
+            assert first is True
+            with exclusive(other, "poll_inbox:1") as second:
+                assert second is False  # told at once, not kept waiting
+            with exclusive(other, "poll_inbox:2") as unrelated:
+                assert unrelated is True
+            seen: list[bool] = []
+
+            def from_a_thread() -> None:
+                with exclusive(other, "poll_inbox:1") as got:
+                    seen.append(got)
+
+            thread = threading.Thread(target=from_a_thread)
+            thread.start()
+            thread.join()
+            assert seen == [False]
+        with exclusive(other, "poll_inbox:1") as after:
+            assert after is True  # released at the end of the block
+    finally:
+        other.dispose()
+
+
+def _failing(rt, session, task):  # type: ignore[no-untyped-def]
+    raise RuntimeError("the provider said no")
+
+
+def test_failed_jobs_are_kept_listed_and_retried(rt, org, clock, settings, monkeypatch, capsys):
+    monkeypatch.setitem(tasks.HANDLERS, "test_fail", _failing)
+    with transaction(rt.factory) as session:
+        task = create_task(session, org, "test_fail", "test_fail:1", 1, rt.now(), rt.now())
+        other = create_task(session, org, "test_fail", "test_fail:2", 2, rt.now(), rt.now())
+    for _ in range(settings.max_attempts + 1):
+        for task_id in (task.id, other.id):
+            with transaction(rt.factory) as session:  # due now, whatever the backoff said
+                row = session.get(Task, task_id)
+                if row.state == TaskState.PENDING:
+                    row.due_at = rt.now()
+            tasks.run_task(rt, task_id)
+    with rt.factory() as session:
+        states = {t.id: (t.state, t.attempts) for t in session.scalars(select(Task))}
+    assert states[task.id] == (TaskState.FAILED, settings.max_attempts)
+
+    _cli_env(monkeypatch, settings)
+    assert main(["jobs", "failed", "--json"]) == 0
+    failed = json.loads(capsys.readouterr().out)
+    assert {f["id"] for f in failed} == {task.id, other.id}
+    assert failed[0]["error"] == "RuntimeError: the provider said no"
+    assert main(["jobs", "status", "--json"]) == 0
+    counts = {(c["kind"], c["state"]): c["count"] for c in json.loads(capsys.readouterr().out)}
+    assert counts[("test_fail", "failed")] == 2
+
+    assert main(["jobs", "retry"]) == 64
+    pending = [t.id for t in _tasks(rt) if t.state == TaskState.PENDING][:1]
+    if pending:  # a task that is not failed is refused, and nothing changes
+        assert main(["jobs", "retry", str(task.id), str(pending[0])]) == 65
+        assert _state(rt, task.id) == TaskState.FAILED
+    assert main(["jobs", "retry", str(task.id)]) == 0
+    with rt.factory() as session:
+        row = session.get(Task, task.id)
+        assert (row.state, row.attempts) == (TaskState.PENDING, 0)
+        assert row.due_at <= dt.datetime.now(dt.UTC)  # the command runs on the real clock
+        (entry,) = session.scalars(select(AuditEntry).where(AuditEntry.action == "jobs.retried"))
+        assert entry.data == {"tasks": [task.id], "count": 1}
+    assert main(["jobs", "retry", "--all", "--kind", "test_fail"]) == 0
+    assert _state(rt, other.id) == TaskState.PENDING
+
+
+def _tasks(rt) -> list[Task]:  # type: ignore[no-untyped-def]
+    with rt.factory() as session:
+        return list(session.scalars(select(Task)))
+
+
+def _state(rt, task_id: int) -> str:  # type: ignore[no-untyped-def]
+    with rt.factory() as session:
+        return session.get(Task, task_id).state
