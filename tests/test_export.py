@@ -362,3 +362,31 @@ def test_models_added_later_join_the_timeline_through_optional_kinds(rt, org, we
         assert "Written warning &lt;script&gt;" in html
     finally:
         Scratch.metadata.drop_all(rt.engine, tables=[ScratchWarning.__table__])
+
+
+def test_a_real_warning_and_its_acknowledgement_export_with_their_source_messages(rt, org, clock):
+    """The warning model itself (not a stand-in): a manager's #warning reply and Ana's
+    acknowledging reply become events citing those two raw messages."""
+    from automation.models import CorrectiveAction
+    from tests.test_pips import _followup_for_ana
+
+    prompt = _followup_for_ana(rt, clock)
+    body = "1. Fine.\n#warning Missed two deadlines\nExpectation: flag risks early\n"
+    deliver(rt, reply_to(rt, prompt, "boss@acme.test", body), "warn")
+    (sent,) = outbox(rt, "warning")
+    deliver(rt, reply_to(rt, sent, "ana@acme.test", "Understood, will do."), "ack")
+    with rt.factory() as session:
+        action = session.scalars(select(CorrectiveAction)).one()
+        sources = {m.from_address: m.sha256 for m in session.scalars(select(InboundMessage))}
+        data = json.loads(export.render_json(export.timeline(session, org, ANA, "UTC")))
+    (warning,) = [e for e in data["events"] if e["kind"] == "warning"]
+    assert warning["summary"] == "Warning: Missed two deadlines"
+    assert warning["details"]["expectation"] == "flag risks early"
+    assert warning["details"]["occurrence_id"] == prompt.occurrence_id == action.occurrence_id
+    cited = {s["sha256"] for s in warning["sources"] if s["kind"] == "inbound"}
+    assert cited == {sources["boss@acme.test"]}
+    acks = [e for e in data["events"] if e["kind"] == "acknowledgement"]
+    acknowledged = [e for e in acks if e["details"].get("subject_kind") == "corrective_action"]
+    assert acknowledged and any(
+        s.get("sha256") == sources["ana@acme.test"] for e in acknowledged for s in e["sources"]
+    )
