@@ -141,7 +141,7 @@ def load_pip_plans(path: Path, templates: list[str] | None = None) -> list[PipPl
 # --- PIP templates (config/pips/*.toml) and goals files ------------------------------------
 
 PIPS_FOLDER = "pips"
-REVIEWERS = ("manager",)
+REVIEWERS = ("manager", "hr_partner")  # who documents the reviews (check-ins: the manager)
 _PIP_KEYS = {
     "name",
     "title",

@@ -38,15 +38,27 @@ _QUESTIONS = [
     "Any feedback, in either direction?",
 ]
 
+# A review asks the documentation its PIP's template requires (config/pips/*.toml).
 _PIP_QUESTIONS = [
-    "Progress against each goal, with evidence",
+    "Goals and their measurable success criteria (still as agreed?)",
     "Support provided since the last review",
+    "Progress against each goal, with evidence",
     "Outcome of this review (on track / at risk / not met)",
 ]
 
 # As the escalation service words it: for the manager, and passed unchanged to every step of
 # the ladder (the escalation template rewords it for a third party).
 _CHECKIN_LABEL = "your check-in with Ana Souza on Tuesday 10 March"
+# Every step of a ladder gets the same item: the label, when it takes place, when it was due
+# (for a check-in, its end), whether the step comes before that (a negative offset) and who
+# documents it.
+_CHECKIN_ITEM = {
+    "label": _CHECKIN_LABEL,
+    "when": _OCCURRENCE["when"],
+    "due": "Tuesday 10 March 2026, 10:30 (Europe/Berlin)",
+    "upcoming": False,
+    "documenter": MANAGER_NAME,
+}
 
 
 def _common(recipient: dict[str, str]) -> dict[str, Any]:
@@ -110,6 +122,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
             ],
             "commands": [],
             "notes": "Ana would like to present the export at the next all-hands.",
+            # For a PIP review whose reviewer left required items unanswered: number, question.
+            "missing": [],
         },
     },
     "pip_plan": {
@@ -164,6 +178,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "item": {
             "label": "the 90-day performance improvement plan",
             "when": "Thursday 5 March 2026, 10:00 (Europe/Berlin)",
+            "due": "Thursday 5 March 2026, 10:00 (Europe/Berlin)",
+            "upcoming": False,
+            "documenter": "Ana Souza",
         },
         "days_overdue": 1,
         "step": 1,
@@ -172,7 +189,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         **_common(_MANAGER),
         "manager": _MANAGER,
         "employee": _EMPLOYEE,
-        "item": {"label": _CHECKIN_LABEL, "when": _OCCURRENCE["when"]},
+        "item": dict(_CHECKIN_ITEM),
         "days_overdue": 3,
         "step": 1,
     },
@@ -180,7 +197,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         **_common(_HR_PARTNER),
         "manager": _MANAGER,
         "employee": _EMPLOYEE,
-        "item": {"label": _CHECKIN_LABEL, "when": _OCCURRENCE["when"]},
+        "item": dict(_CHECKIN_ITEM),
         "days_overdue": 7,
         "step": 2,
     },
@@ -192,8 +209,32 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "review": {
             "name": "Week 2 review",
             "when": "Tuesday 24 March 2026, 09:00 (Europe/Berlin)",
+            "reviewer": "manager",  # or "hr_partner", when the template says so
+            "requires_all": True,  # documented once every question is answered
         },
+        "goals": [
+            {
+                "position": 1,
+                "goal": "Answer customer tickets on time",
+                "success_criteria": "95% of tickets answered within 2 business days",
+                "due": "2026-04-30",
+            },
+            {
+                "position": 2,
+                "goal": "Weekly written status update",
+                "success_criteria": "Sent every Friday by 17:00",
+                "due": None,
+            },
+        ],
         "questions": _PIP_QUESTIONS,
+    },
+    "confirmation_acknowledgement": {
+        **_common(_EMPLOYEE),
+        "acknowledgement": {
+            "what": "the 90-day performance improvement plan starting 02 March 2026",
+            "when": "Wednesday 04 March 2026, 16:12 (Europe/Berlin)",
+            "comment": "Received. I would like the ticket target reviewed\nafter the first month.",
+        },
     },
     "quarantine_notice": {
         **_common({"name": "Sam Taylor", "email": "sam.taylor@example.net"}),

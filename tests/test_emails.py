@@ -39,6 +39,7 @@ EMAILS = [
     "pip_plan",
     "warning",
     "unacknowledged",
+    "confirmation_acknowledgement",
 ]
 DESCRIPTION = "invite/description.txt"
 NUMBERED = re.compile(r"^(\d+)\. (.+)$", re.MULTILINE)

@@ -326,7 +326,8 @@ def test_a_late_manager_walks_the_whole_ladder_once_and_it_stops_when_documented
                 OutboundMessage.idempotency_key == f"pip_review:{second.id}"
             )
         ).one()
-    deliver(rt, reply_to(rt, prompt, "boss@acme.test", "1. On track\n4. Outcome: on track"), "rev")
+    answers = "1. As agreed\n2. Weekly pairing\n3. On track\n4. Outcome: on track"
+    deliver(rt, reply_to(rt, prompt, "boss@acme.test", answers), "rev")
     advance_until(rt, clock, second.due_at + dt.timedelta(days=10))
     assert [s.step for s in steps(rt, "pip_review", second.id)] == [0, 1]
     with rt.factory() as session:
@@ -537,7 +538,8 @@ def test_a_late_managers_pip_exports_as_a_complete_ordered_sourced_timeline(
                 OutboundMessage.idempotency_key == f"pip_review:{review.id}"
             )
         ).one()
-    deliver(rt, reply_to(rt, prompt, "boss@acme.test", "1. Goals agreed\n4. At risk"), "late")
+    answers = "1. Goals agreed\n2. Pairing twice a week\n3. 80% on time\n4. At risk"
+    deliver(rt, reply_to(rt, prompt, "boss@acme.test", answers), "late")
     advance_until(rt, clock, review.due_at + dt.timedelta(days=20))
     sent = steps(rt, "pip_review", review.id)
     assert [s.step for s in sent] == [0, 1, 2, 3]  # the ladder stopped once documented

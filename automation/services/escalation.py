@@ -26,10 +26,12 @@ from automation.models import (
     OutboundMessage,
     Person,
     Pip,
+    PipGoal,
     PipReview,
     Task,
 )
 from automation.runtime import Runtime
+from automation.services import pips
 from automation.services.messages import (
     followup_key,
     load_checkin,
@@ -54,8 +56,10 @@ class Subject:
     label: str
     when: str
     prompt_key: str  # outbox key of the prompt that reminders thread under
-    # Who documents it (a reply from them stops the ladder): the manager, or for an
-    # acknowledgement the person asked; delays count in their time zone.
+    # Who documents it (a reply from them stops the ladder), when not the manager: for an
+    # acknowledgement the person asked, for a PIP review whose template says
+    # reviewer = "hr_partner" the employee's HR partner. Delays count in their time zone, and
+    # the ladder's "manager" steps go to them.
     documenter: Person | None = None
 
     @property
@@ -98,6 +102,7 @@ def load_subject(
     manager, employee = session.get(Person, pip.manager_id), session.get(Person, pip.employee_id)
     assert manager and employee
     ladder = tuple(LadderStep(**s) for s in pip.ladder)
+    reviewer = pips.reviewer_of(session, pip, review)
     return Subject(
         kind,
         review.id,
@@ -110,8 +115,9 @@ def load_subject(
         review.documented_at is not None or pip.state != "active",
         f"the PIP {'check-in' if review.kind == 'checkin' else 'review'} "
         f"\u201c{review.name}\u201d for {employee.name}",
-        when(review.due_at, manager.timezone),
+        when(review.due_at, reviewer.timezone),
         f"pip_review:{review.id}",
+        documenter=reviewer if reviewer.id != manager.id else None,
     )
 
 
@@ -189,7 +195,10 @@ def schedule_step(
 
 def _recipient(session: Session, subject: Subject, notify: str) -> Person | None:
     target_id = {
-        "manager": subject.manager.id
+        # A PIP review's "manager" steps remind whoever documents it (its reviewer).
+        "manager": subject.responsible.id
+        if subject.kind == "pip_review"
+        else subject.manager.id
         if subject.kind != "acknowledgement"
         else (subject.manager.id if subject.manager.id != subject.employee.id else None),
         "employee": subject.employee.id,
@@ -221,7 +230,18 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
     rung = subject.ladder[step]
     now = rt.now()
     recipient = _recipient(session, subject, rung.notify)
-    if recipient is None:
+    skipped = f"no {rung.notify} on record" if recipient is None else None
+    if (
+        recipient is not None
+        and kind == "pip_review"
+        and subject.documenter is not None
+        and rung.notify != "manager"
+        and recipient.id == subject.documenter.id
+    ):
+        # An HR partner who is the review's reviewer is reminded by the "manager" steps;
+        # escalating to them about their own review would tell nobody new.
+        skipped = f"the {rung.notify} is the reviewer, reminded by the other steps"
+    if skipped is not None:
         audit.record(
             session,
             task.organization_id,
@@ -230,10 +250,11 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
             subject_kind=kind,
             subject_id=subject.id,
             at=now,
-            data={"step": step, "reason": f"no {rung.notify} on record"},
+            data={"step": step, "reason": skipped},
         )
         schedule_step(rt, session, task.organization_id, kind, subject.id, step + 1)
-        return f"no-recipient ({rung.notify})"
+        return f"no-recipient ({rung.notify})" if recipient is None else "skipped (reviewer)"
+    assert recipient is not None
     # The one who can document gets the reply address that documents it.
     to_manager = recipient.id == subject.responsible.id
     prompt = session.scalar(
@@ -280,7 +301,16 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
         context={
             "manager": person_ctx(subject.manager),
             "employee": person_ctx(subject.employee),
-            "item": {"label": subject.label, "when": subject.when},
+            "item": {
+                "label": subject.label,
+                "when": subject.when,
+                # The due time (a check-in's end, a review's or acknowledgement's due time),
+                # and whether this step comes before it (a negative offset in the ladder):
+                # then it is "due on", not "overdue since".
+                "due": when(subject.base, subject.responsible.timezone),
+                "upcoming": now < subject.base,
+                "documenter": subject.responsible.name,
+            },
             "days_overdue": overdue,
             "step": step + 1,
         },
@@ -324,11 +354,7 @@ def _acknowledgement_of_step(
 
 # --- PIPs ---------------------------------------------------------------------------------
 
-PIP_QUESTIONS = (
-    "Progress against each goal, with evidence",
-    "Support provided since the last review",
-    "Outcome of this review (on track / at risk / not met)",
-)
+PIP_QUESTIONS = pips.PIP_QUESTIONS  # the short set; defined with the PIPs, kept here by name
 
 
 def start_pip(
@@ -408,6 +434,12 @@ def prompt_pip_review(rt: Runtime, session: Session, task: Task) -> str:
     review = session.get(PipReview, subject.id)
     pip = session.get(Pip, review.pip_id) if review else None
     assert review and pip
+    reviewer = subject.responsible  # the manager, or the HR partner the template names
+    goals = session.scalars(
+        select(PipGoal)
+        .where(PipGoal.organization_id == pip.organization_id, PipGoal.pip_id == pip.id)
+        .order_by(PipGoal.position)
+    ).all()
     queue_email(
         rt,
         session,
@@ -415,7 +447,7 @@ def prompt_pip_review(rt: Runtime, session: Session, task: Task) -> str:
         key=subject.prompt_key,
         kind="pip_review",
         template="pip_review",
-        to=[subject.manager],
+        to=[reviewer],
         pip_review_id=review.id,
         reply_to=reply_to_for(rt, task.organization_id, "pip_review", review.id),
         context={
@@ -423,10 +455,28 @@ def prompt_pip_review(rt: Runtime, session: Session, task: Task) -> str:
             "employee": person_ctx(subject.employee),
             "pip": {
                 "title": pip.title,
-                "ends_on": f"{pip.ends_on.astimezone(zone(subject.manager.timezone)):%d %B %Y}",
+                "ends_on": f"{pip.ends_on.astimezone(zone(reviewer.timezone)):%d %B %Y}",
             },
-            "review": {"name": review.name, "when": subject.when},
-            "questions": list(PIP_QUESTIONS),
+            "review": {
+                "name": review.name,
+                "when": subject.when,
+                "reviewer": "hr_partner" if subject.documenter is not None else "manager",
+                # Documented only once every question is answered (pips.required_items).
+                "requires_all": bool(pips.required_items(pip, review)),
+            },
+            # So that "progress against each goal" can be answered goal by goal.
+            "goals": [
+                {
+                    "position": g.position,
+                    "goal": g.goal,
+                    "success_criteria": g.success_criteria,
+                    "due": g.due_on.isoformat() if g.due_on else None,
+                }
+                for g in goals
+            ],
+            # A review asks the documentation its PIP requires; a weekly check-in the short
+            # set (see pips.review_questions). The reply is read against the same list.
+            "questions": pips.review_questions(pip, review),
         },
     )
     schedule_step(rt, session, task.organization_id, "pip_review", review.id, 0)

@@ -63,13 +63,14 @@ from automation.models import (
     Organization,
     OutboundMessage,
     Person,
+    Pip,
     PipReview,
     Task,
 )
 from automation.replies import Extraction, ParsedEmail, decode_message, extract
 from automation.runtime import Runtime
 from automation.services import imip, pips
-from automation.services.escalation import PIP_QUESTIONS, load_subject
+from automation.services.escalation import load_subject
 from automation.services.messages import (
     load_checkin,
     person_ctx,
@@ -614,6 +615,9 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         subject.manager.email.lower(): subject.manager,
         subject.employee.email.lower(): subject.employee,
     }
+    if subject.documenter is not None:
+        # A PIP review's HR partner reviewer; the manager may still add to the file.
+        participants[subject.documenter.email.lower()] = subject.documenter
     author = participants.get(sender)
     on_behalf_of: Person | None = None
     if author is None and sender in rt.delegates.get(subject.manager.email.lower(), ()):
@@ -652,12 +656,17 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         assert ctx is not None
         questions = list(ctx.cadence.questions)
     else:
-        questions = list(PIP_QUESTIONS)
+        # The PIP's own list (its template's documentation, for a review): the numbered
+        # answers of the record are that list's items.
+        review = session.get(PipReview, token.subject_id)
+        pip = session.get(Pip, review.pip_id) if review else None
+        assert review is not None and pip is not None
+        questions = pips.review_questions(pip, review)
     # Relative dates ("by Friday") count on the sender's calendar: the Date header keeps the
     # sender's offset; without one, the author's configured zone stands in.
     sent_at = parsed.date or rt.now().astimezone(zone(author.timezone))
     extraction = extract(parsed.text, questions, sent_at, parsed.from_name)
-    record = _record(
+    record, documentation = _record(
         rt,
         session,
         message,
@@ -689,9 +698,16 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         applied,
         token,
         on_behalf_of,
+        missing=documentation.missing if documentation else [],
     )
-    return f"recorded v{record.version}" + (
-        f" by {author.email} on behalf of {on_behalf_of.email}" if on_behalf_of else ""
+    return (
+        f"recorded v{record.version}"
+        + (f" by {author.email} on behalf of {on_behalf_of.email}" if on_behalf_of else "")
+        + (
+            f", review not documented: {len(documentation.missing)} required item(s) missing"
+            if documentation and documentation.missing
+            else ""
+        )
     )
 
 
@@ -828,7 +844,9 @@ def _record(
     *,
     on_behalf_of: Person | None = None,
     from_address: str | None = None,
-) -> ConversationRecord:
+) -> tuple[ConversationRecord, pips.ReviewDocumentation | None]:
+    """Store the record (a new version) and what it documents: a check-in is documented by
+    any participant's record; a PIP milestone as :func:`pips.document_review` decides."""
     now = rt.now()
     version = (
         session.scalar(
@@ -879,6 +897,7 @@ def _record(
                 created_at=now,
             )
         )
+    documentation: pips.ReviewDocumentation | None = None
     if token.kind == "occurrence":
         occ = session.get(Occurrence, token.subject_id)
         assert occ is not None
@@ -886,10 +905,11 @@ def _record(
             occ.documented_at = now
             occ.updated_at = now
     else:
+        # Documented only by its reviewer, once every required item is answered; any other
+        # record (or an incomplete one) is kept all the same, and the ladder runs on.
         review = session.get(PipReview, token.subject_id)
         assert review is not None
-        if review.documented_at is None:
-            review.documented_at = now
+        documentation = pips.document_review(session, review, author, now)
     audit.record(
         session,
         message.organization_id,
@@ -904,6 +924,15 @@ def _record(
             "source_sha256": message.sha256,
             "action_items": len(extraction.action_items),
             "rating": extraction.rating,
+            **(
+                {
+                    "by_reviewer": documentation.by_reviewer,
+                    "documented": documentation.documented,
+                    "missing": [n for n, _ in documentation.missing],
+                }
+                if documentation is not None
+                else {}
+            ),
             **({"on_behalf_of": on_behalf_of.email} if on_behalf_of else {}),
             **(
                 {"attributed_by_operator": True, "from": from_address}
@@ -912,7 +941,7 @@ def _record(
             ),
         },
     )
-    return record
+    return record, documentation
 
 
 def _apply_commands(
@@ -1069,7 +1098,13 @@ def _confirm(
     applied: list[str],
     token: ReplyToken,
     on_behalf_of: Person | None = None,
+    *,
+    missing: Sequence[tuple[int, str]] = (),
 ) -> None:
+    """The confirmation of a record to its author, in the thread of their reply. For a PIP
+    review's reviewer whose records leave required items unanswered, it names them (one email
+    per record version: the key is the record's): the review stays undocumented until a reply
+    answers them."""
     occ_ctx: dict[str, object]
     if token.kind == "occurrence":
         ctx = load_checkin(session, record.organization_id, token.subject_id)
@@ -1118,6 +1153,7 @@ def _confirm(
                 ],
                 "commands": applied,
                 "notes": record.notes,
+                "missing": [{"number": n, "question": q} for n, q in missing],
             },
         },
     )

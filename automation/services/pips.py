@@ -2,11 +2,15 @@
 
 A PIP started from a template (``config/pips/*.toml``) gets its goals, weekly check-ins and
 review milestones. Check-ins and reviews are both ``pip_reviews`` rows (``kind`` says which),
-so each is prompted, documented by the manager's reply and escalated by the one ladder in
-:mod:`automation.services.escalation`. The weekly check-ins are also one calendar series,
-written through the calendar adapter. The employee gets the plan by email from a signed reply
-address; their reply is the acknowledgement (an ``acknowledgements`` row pointing at the plan
-and at the inbound message), and an unanswered request escalates along the template's
+so each is prompted, documented by its reviewer's reply and escalated by the one ladder in
+:mod:`automation.services.escalation`. The template's required documentation is kept on the
+PIP (``pips.documentation``): a review is documented once its reviewer (the manager, or the
+employee's HR partner when the template says ``reviewer = "hr_partner"``) has answered every
+item; the weekly check-ins are always the manager's and documented by any reply of theirs.
+The weekly check-ins are also one calendar series, written through the calendar adapter. The
+employee gets the plan by email from a signed reply address; their reply is the
+acknowledgement (an ``acknowledgements`` row pointing at the plan and at the inbound message),
+confirmed to them once by email, and an unanswered request escalates along the template's
 acknowledgement ladder. Written warnings and corrective actions (``corrective_actions``) are
 acknowledged the same way. Every change is in the audit log.
 """
@@ -33,9 +37,12 @@ from automation.domain.cadence import (
 from automation.domain.commands import WarningDraft
 from automation.models import (
     Acknowledgement,
+    ConversationRecord,
     CorrectiveAction,
+    Escalation,
     InboundMessage,
     Occurrence,
+    OutboundMessage,
     Person,
     Pip,
     PipGoal,
@@ -50,6 +57,14 @@ from automation.services.tasks import create_task, handles
 
 OUTCOMES = ("successful", "extended", "ended")
 WARNING_KINDS = ("written_warning", "corrective_action")
+
+# Asked by the weekly PIP check-ins, and by the reviews of PIPs kept from before their required
+# documentation was stored on the row (``pips.documentation`` null).
+PIP_QUESTIONS = (
+    "Progress against each goal, with evidence",
+    "Support provided since the last review",
+    "Outcome of this review (on track / at risk / not met)",
+)
 
 
 class PipError(ValueError):
@@ -115,6 +130,11 @@ def start_pip_from_template(
         raise PipError(f"{employee.email} has no manager on record: import them with one")
     manager = session.get(Person, employee.manager_id)
     assert manager is not None
+    if template.reviewer == "hr_partner" and employee.hr_partner_id is None:
+        raise PipError(
+            f"{employee.email} has no HR partner on record, and the {template.name} template's "
+            "reviews are documented by the HR partner: import them with one"
+        )
     active = session.scalar(
         select(Pip.id).where(
             Pip.organization_id == organization_id,
@@ -143,6 +163,8 @@ def start_pip_from_template(
         checkin_timezone=employee.timezone,
         checkin_duration_minutes=template.checkin_minutes,
         extended_days=0,
+        # Kept with the PIP: a later edit of the template changes nothing for this one.
+        documentation=list(template.documentation),
     )
     session.add(pip)
     session.flush()
@@ -209,6 +231,8 @@ def start_pip_from_template(
             "goals": len(goals),
             "checkins": len(instances),
             "reviews": [n for n, _ in template.reviews],
+            "reviewer": template.reviewer,
+            "documentation": list(template.documentation),
             "rrule": pip.checkin_rrule,
         },
     )
@@ -357,6 +381,98 @@ def _rewrite_calendar(session: Session, pip: Pip, now: dt.datetime) -> None:
     )
 
 
+# --- what a milestone asks, who documents it, and when it counts as documented ---------------
+
+
+def review_questions(pip: Pip, review: PipReview) -> list[str]:
+    """The numbered questions a milestone's prompt asks and its replies are read against.
+
+    A review asks the documentation its PIP requires (the template's, kept on the PIP when
+    it started), so the record's numbered answers are the template's items. A weekly check-in
+    keeps the short :data:`PIP_QUESTIONS`: it is a half-hour status conversation held every
+    week, where the whole review documentation would be mostly repetition and so get
+    skipped; the reviews are where the plan is formally documented. A review of a PIP from
+    before the documentation was kept (``documentation`` null) asks the short set too.
+    """
+    if review.kind != "checkin" and pip.documentation:
+        return [str(q) for q in pip.documentation]
+    return list(PIP_QUESTIONS)
+
+
+def required_items(pip: Pip, review: PipReview) -> list[str]:
+    """What the reviewer's record must answer before the milestone counts as documented: for
+    a review, every item of the PIP's documentation. A check-in, or a review of a PIP from
+    before the documentation was kept, requires nothing: any record of its reviewer
+    documents it, as it always did."""
+    if review.kind == "checkin" or not pip.documentation:
+        return []
+    return [str(q) for q in pip.documentation]
+
+
+def reviewer_of(session: Session, pip: Pip, review: PipReview) -> Person:
+    """Who documents the milestone. The weekly check-ins are the manager's (they hold them); a
+    review is the manager's, or the employee's HR partner's when the template says
+    ``reviewer = "hr_partner"``. If the employee has no (active) HR partner any more, it
+    falls back to the manager rather than to nobody."""
+    manager = session.get(Person, pip.manager_id)
+    assert manager is not None
+    if review.kind == "checkin" or pip.reviewer != "hr_partner":
+        return manager
+    employee = session.get(Person, pip.employee_id)
+    hr_id = employee.hr_partner_id if employee else None
+    hr = session.get(Person, hr_id) if hr_id else None
+    return hr if hr is not None and hr.active else manager
+
+
+def missing_items(
+    session: Session, pip: Pip, review: PipReview, reviewer: Person
+) -> list[tuple[int, str]]:
+    """The required items, as (number, question), that no record of the reviewer's on this
+    milestone answers yet. Every version is kept, so together they are the reviewer's record:
+    a later reply answering only what was missing completes it."""
+    required = required_items(pip, review)
+    if not required:
+        return []
+    answered: set[str] = set()
+    for answers in session.scalars(
+        select(ConversationRecord.answers).where(
+            ConversationRecord.organization_id == review.organization_id,
+            ConversationRecord.subject_kind == "pip_review",
+            ConversationRecord.subject_id == review.id,
+            ConversationRecord.author_id == reviewer.id,
+        )
+    ):
+        answered |= {str(k) for k, v in (answers or {}).items() if str(v or "").strip()}
+    return [(n, q) for n, q in enumerate(required, start=1) if str(n) not in answered]
+
+
+@dataclass(frozen=True)
+class ReviewDocumentation:
+    """What one stored record did to its milestone."""
+
+    by_reviewer: bool  # the record is the reviewer's (anyone else's only adds to the file)
+    documented: bool  # the milestone is documented (by this record or an earlier one)
+    missing: list[tuple[int, str]]  # required items the reviewer has not answered yet
+
+
+def document_review(
+    session: Session, review: PipReview, author: Person, now: dt.datetime
+) -> ReviewDocumentation:
+    """Called once a record of ``author`` on ``review`` is stored (flushed). The milestone
+    becomes documented when the author is its reviewer and their records answer every required
+    item; otherwise the record is kept and the ladder runs on. A record of someone else (the
+    manager adding to an HR partner's review, the employee) documents nothing."""
+    pip = session.get(Pip, review.pip_id)
+    assert pip is not None
+    reviewer = reviewer_of(session, pip, review)
+    if author.id != reviewer.id:
+        return ReviewDocumentation(False, review.documented_at is not None, [])
+    missing = missing_items(session, pip, review, reviewer)
+    if not missing and review.documented_at is None:
+        review.documented_at = now
+    return ReviewDocumentation(True, review.documented_at is not None, missing)
+
+
 # --- acknowledgements --------------------------------------------------------------------------
 
 
@@ -456,7 +572,69 @@ def acknowledge(
             "comment": bool(ack.comment),
         },
     )
+    _confirm_acknowledgement(rt, session, ack, message)
     return f"acknowledged {ack.subject_kind} {ack.subject_id}"
+
+
+def acknowledgement_label(session: Session, ack: Acknowledgement, person: Person) -> str:
+    """What ``person`` acknowledged, in words for them (dates in their zone)."""
+    tz = zone(person.timezone)
+    if ack.subject_kind == "pip" and (pip := session.get(Pip, ack.subject_id)) is not None:
+        return f"the {pip.title} starting {pip.started_on.astimezone(tz):%d %B %Y}"
+    if ack.subject_kind == "corrective_action" and (
+        action := session.get(CorrectiveAction, ack.subject_id)
+    ):
+        kind = action.kind.replace("_", " ")
+        return f"the {kind} of {action.created_at.astimezone(tz):%d %B %Y}"
+    if ack.subject_kind == "escalation" and (step := session.get(Escalation, ack.subject_id)):
+        from automation.services.escalation import load_subject
+
+        subject = load_subject(session, step.organization_id, step.subject_kind, step.subject_id)
+        if subject is not None:
+            label = subject.label
+            if label.startswith("your "):  # worded for the manager: reword for a third party
+                label = f"{subject.manager.name}'s {label[5:]}"
+            done = "acknowledged" if step.subject_kind == "acknowledgement" else "documented"
+            return f"the notice that {label} was not {done} yet (step {step.step + 1})"
+    return f"the {ack.subject_kind.replace('_', ' ')} {ack.subject_id}"
+
+
+def _confirm_acknowledgement(
+    rt: Runtime, session: Session, ack: Acknowledgement, message: InboundMessage
+) -> None:
+    """One short confirmation to the person who acknowledged (once per acknowledgement: a
+    second reply returns before this), in the thread of their reply."""
+    person = session.get(Person, ack.person_id)
+    assert person is not None and ack.acknowledged_at is not None
+    request = (
+        session.get(OutboundMessage, ack.outbound_message_id) if ack.outbound_message_id else None
+    )
+    subject = None
+    if request is not None and message.message_id:
+        # Gmail threads a message only under the subject of the one it answers.
+        subject = request.subject
+        if not subject.lower().startswith("re:"):
+            subject = f"Re: {subject}"
+    queue_email(
+        rt,
+        session,
+        organization_id=ack.organization_id,
+        key=f"acknowledged:{ack.id}",
+        kind="acknowledged",
+        template="confirmation_acknowledgement",
+        to=[person],
+        # A reply to the confirmation is kept (and changes nothing), like any second reply.
+        reply_to=reply_to_for(rt, ack.organization_id, "acknowledgement", ack.id),
+        in_reply_to=message.message_id,
+        subject=subject,
+        context={
+            "acknowledgement": {
+                "what": acknowledgement_label(session, ack, person),
+                "when": when(ack.acknowledged_at, person.timezone),
+                "comment": ack.comment or "",
+            },
+        },
+    )
 
 
 def acknowledgement_subject(
