@@ -847,22 +847,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _privacy_call(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
     """Run one privacy operation in a transaction; None (with the reason printed) if refused."""
-    import getpass
-
-    from automation.db import transaction
     from automation.services.privacy import PrivacyError
 
-    rt = _inbox_runtime(args)
-    try:
-        org = _org(rt)
-        by = args.by or f"operator:{getpass.getuser()}"
-        with transaction(rt.factory) as session:
-            return action(rt, session, org, by)
-    except PrivacyError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return None
-    finally:
-        rt.engine.dispose()
+    return _operator_call(args, action, PrivacyError, getattr(args, "by", None))
 
 
 def cmd_privacy_hold(args: argparse.Namespace) -> int:
@@ -989,24 +976,30 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EX_OK if all(c.intact for c in checks) else 1
 
 
-def _pip_call(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
-    """Run one PIP operation in a transaction on the configured database; work it schedules
-    (emails, the calendar series) is done by `automation run`."""
+def _operator_call(args: argparse.Namespace, action, refused: type[Exception], by=None):  # type: ignore[no-untyped-def]
+    """Run ``action(rt, session, org, actor)`` in one transaction on the configured database;
+    a ``refused`` error prints its reason and returns None. Work it schedules (emails,
+    calendar writes) is done by `automation run`."""
     import getpass
 
     from automation.db import transaction
-    from automation.services.pips import PipError
 
     rt = _inbox_runtime(args)
     try:
         org = _org(rt)
         with transaction(rt.factory) as session:
-            return action(rt, session, org, f"operator:{getpass.getuser()}")
-    except PipError as exc:
+            return action(rt, session, org, by or f"operator:{getpass.getuser()}")
+    except refused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return None
     finally:
         rt.engine.dispose()
+
+
+def _pip_call(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
+    from automation.services.pips import PipError
+
+    return _operator_call(args, action, PipError)
 
 
 def cmd_pip_start(args: argparse.Namespace) -> int:
