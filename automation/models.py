@@ -302,6 +302,9 @@ class Pip(OrgScoped, Base):
     # What every review must document (the template's documentation.required, as numbered
     # questions), kept with the PIP so a later edit of the template does not change it.
     documentation: Mapped[list[Any] | None]
+    # The provider's id of each calendar event of the PIP (the check-in series and the review
+    # meetings), by UID: a rewrite addresses the event it made.
+    calendar_ids: Mapped[dict[str, Any] | None]
 
 
 class PipReview(OrgScoped, Base):

@@ -20,6 +20,7 @@ from tests.fakes.graph import GraphFake
 from tests.test_loop import occurrences
 
 PEOPLE = ACME_PEOPLE
+ANA = "ana@acme.test"
 
 
 @pytest.fixture
@@ -89,3 +90,42 @@ def test_series_go_out_in_one_batch_once_and_changes_come_back_by_link(rt, org, 
     fake.invalidate_delta("gone")
     (again,) = sync_now(rt, org)
     assert "moved 0, cancelled 0, responses 0" in again.result, again.result
+
+
+def test_a_pips_series_and_review_meetings_are_updated_in_place_when_it_is_extended(
+    rt, org, fake, tmp_path
+):
+    """Graph answers a create with its own id; a rewrite without it would make a second
+    event. The PIP keeps each event's id, so extending it PATCHes the same events."""
+    from automation.config import load_goals, load_pip_templates
+    from automation.models import Pip
+    from automation.services import pips
+    from tests.test_pips import GOALS
+
+    goals = tmp_path / "goals.toml"
+    goals.write_text(GOALS)
+    with transaction(rt.factory) as session:
+        pip_id = pips.start_pip_from_template(
+            rt, session, org, ANA, load_pip_templates(rt.settings)["30-day"], load_goals(goals)
+        ).id
+    run_due(rt)
+    creates = fake.inner_ops["events.create"]
+
+    def pip_events() -> list[dict]:
+        return [e for e in fake.events("boss@acme.test") if "PIP" in e.get("subject", "")]
+
+    before = pip_events()
+    with rt.factory() as session:
+        ids = session.get(Pip, pip_id).calendar_ids
+    assert len(before) == len(ids) >= 2  # the weekly series and each review meeting
+    assert {e["id"] for e in before} == set(ids.values())
+    with transaction(rt.factory) as session:
+        pips.extend_pip(rt, session, org, ANA, 14)
+    run_due(rt)
+    after = pip_events()
+    assert fake.inner_ops["events.create"] == creates  # updated, not created again
+    assert {e["id"] for e in after} == {e["id"] for e in before}
+    moved = {e["id"]: e["start"]["dateTime"] for e in after if "review" in e["subject"]}
+    assert moved and all(
+        moved[e["id"]] != e["start"]["dateTime"] for e in before if e["id"] in moved
+    )

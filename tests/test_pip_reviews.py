@@ -11,6 +11,7 @@ import email
 import email.policy
 import email.utils
 import re
+import zoneinfo
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -348,7 +349,10 @@ def test_reminder_wording_before_and_after_the_due_time(rt, org, tmp_path, clock
         early = session.get(OutboundMessage, before.outbound_message_id)
         late = session.get(OutboundMessage, at_due.outbound_message_id)
     assert before.created_at < review.due_at <= at_due.created_at
-    due = "Tuesday 17 March 2026, 02:00 (America/New_York)"  # the review's due time for Bea
+    # The review's due time for Bea, in her zone (the meeting's end: a Tuesday in March).
+    local = review.due_at.astimezone(zoneinfo.ZoneInfo("America/New_York"))
+    due = f"{local:%A %d %B %Y, %H:%M} (America/New_York)"
+    assert due.startswith("Tuesday 17 March 2026, ")
     early_text = " ".join(text_of(early).split())
     assert f"is due on {due}." in early_text and f"Due on: {due}" in early_text
     assert "overdue" not in early_text.lower() and "haven't received" not in early_text

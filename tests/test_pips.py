@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import zoneinfo
 from pathlib import Path
 
 import icalendar
@@ -78,6 +79,22 @@ def start(rt, org: int, tmp_path: Path, template: str = "90-day") -> int:  # typ
         pip_id = pip.id
     run_due(rt)
     return pip_id
+
+
+def pip_calendar(rt, who: str, org: int):  # type: ignore[no-untyped-def]
+    """(the PIP's weekly series, its review meetings by start) in ``who``'s calendar."""
+    cal = icalendar.Calendar.from_ical((rt.settings.calendars / f"{who}.ics").read_bytes())
+    events = [e for e in cal.walk("VEVENT") if str(e["uid"]).startswith(f"pip-{org}-")]
+    series = [e for e in events if "-review-" not in str(e["uid"])]
+    meetings = sorted((e for e in events if "-review-" in str(e["uid"])),
+                      key=lambda e: e["dtstart"].dt)  # fmt: skip
+    assert len(series) == 1
+    return series[0], meetings
+
+
+def _ics_uids(rt, who: str) -> list[str]:  # type: ignore[no-untyped-def]
+    cal = icalendar.Calendar.from_ical((rt.settings.calendars / f"{who}.ics").read_bytes())
+    return [str(e["uid"]) for e in cal.walk("VEVENT")]
 
 
 def milestones(rt, pip_id: int, kind: str | None = None) -> list[PipReview]:  # type: ignore[no-untyped-def]
@@ -212,11 +229,23 @@ def test_pip_start_creates_goals_checkins_reviews_invite_and_plan(rt, org, tmp_p
         dt.timedelta(days=6, hours=23),
     }
     assert [r.name for r in reviews] == ["Day 30 review", "Day 60 review", "Final review"]
-    # The weekly check-ins are one series in both people's calendars.
-    cal = icalendar.Calendar.from_ical((rt.settings.calendars / "ana@acme.test.ics").read_bytes())
-    pip_events = [e for e in cal.walk("VEVENT") if str(e["uid"]).startswith(f"pip-{org}-")]
-    assert len(pip_events) == 1
-    assert pip_events[0]["rrule"]["COUNT"] == [len(checkins)]
+    # The weekly check-ins are one series in both people's calendars, and each review is a
+    # meeting of its own on a business day, right after the check-in slot, ending when the
+    # review falls due.
+    series, meetings = pip_calendar(rt, "ana@acme.test", org)
+    assert series["rrule"]["COUNT"] == [len(checkins)]
+    assert [str(m["summary"]) for m in meetings] == [f"PIP {r.name}: Ana Souza" for r in reviews]
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    slot_end = series["dtend"].dt.astimezone(berlin).time()
+    for meeting, review in zip(meetings, reviews, strict=True):
+        begins, end = meeting["dtstart"].dt, meeting["dtend"].dt
+        assert end.astimezone(dt.UTC) == review.due_at
+        assert begins.astimezone(berlin).time() == slot_end  # no overlap with the check-in
+        assert begins.astimezone(berlin).weekday() < 5
+        days = {"Day 30 review": 30, "Day 60 review": 60, "Final review": 90}[review.name]
+        planned = (pip.started_on + dt.timedelta(days=days)).astimezone(berlin).date()
+        assert dt.timedelta(0) <= planned - begins.date() < dt.timedelta(3)  # a weekend
+    assert set(_ics_uids(rt, "boss@acme.test")) >= {str(m["uid"]) for m in meetings}
     # The plan goes to the employee from a signed address that acknowledges it.
     plans = outbox(rt, "pip_plan")
     assert [m.recipients for m in plans] == [["ana@acme.test"]]
@@ -345,8 +374,12 @@ def test_extending_shifts_open_reviews_and_adds_checkins(rt, org, tmp_path, cloc
         pips.extend_pip(rt, session, org, "ana@acme.test", 14, reason="progress, not there yet")
     run_due(rt)
     reviews_after = {r.name: r for r in milestones(rt, pip_id, "review")}
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
     for name, due in reviews_before.items():
-        assert reviews_after[name].due_at == due + dt.timedelta(days=14)
+        # Fourteen days later at the same wall time in Ana's zone (summer time began between).
+        moved = reviews_after[name].due_at.astimezone(berlin)
+        was = due.astimezone(berlin)
+        assert (moved.date() - was.date(), moved.time()) == (dt.timedelta(days=14), was.time())
         assert reviews_after[name].original_due_at == due
     assert len(milestones(rt, pip_id, "checkin")) == checkins_before + 2
     final = reviews_after["Final review"]
@@ -355,9 +388,13 @@ def test_extending_shifts_open_reviews_and_adds_checkins(rt, org, tmp_path, cloc
         pip = session.get(Pip, pip_id)
     assert task.due_at == final.due_at
     assert pip.extended_days == 14 and pip.calendar_sequence == 1
-    cal = icalendar.Calendar.from_ical((rt.settings.calendars / "ana@acme.test.ics").read_bytes())
-    event = next(e for e in cal.walk("VEVENT") if str(e["uid"]) == pip.calendar_uid)
+    event, meetings = pip_calendar(rt, "ana@acme.test", org)
     assert event["rrule"]["COUNT"] == [checkins_before + 2] and int(event["sequence"]) == 1
+    # The review meetings moved with their reviews (same uids, a higher sequence).
+    assert [m["dtend"].dt.astimezone(dt.UTC) for m in meetings] == [
+        r.due_at for r in sorted(reviews_after.values(), key=lambda r: r.due_at)
+    ]
+    assert {int(m["sequence"]) for m in meetings} == {1}
 
 
 def test_closing_records_the_outcome_and_stops_the_milestones(rt, org, tmp_path, clock):
@@ -374,6 +411,10 @@ def test_closing_records_the_outcome_and_stops_the_milestones(rt, org, tmp_path,
         entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "pip.closed")).one()
     assert (pip.state, pip.outcome, pip.closing_note) == ("closed", "successful", "all goals met")
     assert entry.data["outcome"] == "successful"
+    run_due(rt)  # the calendar is rewritten: the series and the meetings ahead are cancelled
+    series, meetings = pip_calendar(rt, "ana@acme.test", org)
+    assert str(series["status"]) == "CANCELLED"
+    assert meetings and {str(m["status"]) for m in meetings} == {"CANCELLED"}
     prompts_before = len(outbox(rt, "pip_review"))
     advance_until(rt, clock, clock.now() + dt.timedelta(days=35))
     assert len(outbox(rt, "pip_review")) == prompts_before

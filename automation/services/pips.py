@@ -207,8 +207,16 @@ def start_pip_from_template(
     milestones: list[PipReview] = []
     for week, inst in enumerate(instances, start=1):
         milestones.append(_milestone(pip, f"Week {week} check-in", "checkin", inst.end, now))
+    # Each review is a meeting of its own, right after the weekly check-in's slot on the
+    # review day (so it never overlaps it), and is due when that meeting ends.
+    meeting = (
+        dt.datetime.combine(dt.date(2000, 1, 3), slot.time())
+        + dt.timedelta(minutes=template.checkin_minutes)
+    ).time()
     for name, days in template.reviews:
-        milestones.append(_milestone(pip, name, "review", start + dt.timedelta(days=days), now))
+        due = review_due(rt, start + dt.timedelta(days=days), meeting, employee.timezone,
+                         template.checkin_minutes)  # fmt: skip
+        milestones.append(_milestone(pip, name, "review", due, now))
     session.add_all(milestones)
     session.flush()
     for review in milestones:
@@ -239,6 +247,27 @@ def start_pip_from_template(
     create_task(session, organization_id, "pip_invite", f"pip_invite:{pip.id}:0", pip.id, now, now)
     _send_plan(rt, session, pip, employee, manager, template, milestones)
     return pip
+
+
+def review_due(
+    rt: Runtime, day_of: dt.datetime, at: dt.time, tz_name: str, minutes: int
+) -> dt.datetime:
+    """When a review meeting held on ``day_of``'s local date at ``at`` ends; a weekend or
+    holiday moves it to the business day before (reviews are not pushed past their day)."""
+    tz = zone(tz_name)
+    day = day_of.astimezone(tz).date()
+    closed = set(rt.settings.holidays)
+    while day.weekday() not in rt.settings.business_weekdays or day in closed:
+        day -= dt.timedelta(days=1)
+    start = dt.datetime.combine(day, at, tzinfo=tz)
+    return (start + dt.timedelta(minutes=minutes)).astimezone(dt.UTC)
+
+
+def review_uid(pip: Pip, review: PipReview) -> str:
+    """The calendar UID of a review meeting: beside the PIP's series UID."""
+    assert pip.calendar_uid
+    local, _, domain = pip.calendar_uid.partition("@")
+    return f"{local}-review-{review.id}@{domain}"
 
 
 def _milestone(pip: Pip, name: str, kind: str, due: dt.datetime, now: dt.datetime) -> PipReview:
@@ -334,27 +363,71 @@ def _send_plan(
 
 @handles("pip_invite")
 def write_pip_invite(rt: Runtime, session: Session, task: Task) -> str:
-    """Write (or rewrite, after an extension or closing) the PIP's weekly check-in series."""
+    """Write (or rewrite, after an extension or closing) the PIP's weekly check-in series and
+    one meeting per review. The provider's ids are kept on the PIP, so a rewrite updates the
+    events it made (Graph needs its own id for that) instead of making new ones."""
     pip = session.get(Pip, task.subject_id)
     if pip is None or pip.organization_id != task.organization_id or not pip.calendar_uid:
         return "no-pip"
     manager, employee = session.get(Person, pip.manager_id), session.get(Person, pip.employee_id)
     assert manager and employee and pip.checkin_rrule and pip.checkin_dtstart_local
-    event = SeriesEvent(
-        uid=pip.calendar_uid,
-        sequence=pip.calendar_sequence or 0,
-        summary=f"PIP check-in {manager.name} / {employee.name}",
-        description=f"Weekly check-in of the {pip.title}. The manager documents it by reply.",
-        organizer=Attendee(manager.email, manager.name),
-        attendees=(Attendee(employee.email, employee.name), Attendee(manager.email, manager.name)),
-        dtstart_local=dt.datetime.fromisoformat(pip.checkin_dtstart_local),
-        timezone=pip.checkin_timezone or employee.timezone,
-        duration_minutes=pip.checkin_duration_minutes or 30,
-        rrule=pip.checkin_rrule,
-        overrides=(),
-        cancelled=pip.state != "active",
-    )
-    provider_id = rt.calendar.write_series(event)
+    tz = pip.checkin_timezone or employee.timezone
+    minutes = pip.checkin_duration_minutes or 30
+    ids: dict[str, str] = dict(pip.calendar_ids or {})
+    people = (Attendee(employee.email, employee.name), Attendee(manager.email, manager.name))
+    events = [
+        SeriesEvent(
+            uid=pip.calendar_uid,
+            sequence=pip.calendar_sequence or 0,
+            summary=f"PIP check-in {manager.name} / {employee.name}",
+            description=f"Weekly check-in of the {pip.title}. The manager documents it by reply.",
+            organizer=Attendee(manager.email, manager.name),
+            attendees=people,
+            dtstart_local=dt.datetime.fromisoformat(pip.checkin_dtstart_local),
+            timezone=tz,
+            duration_minutes=minutes,
+            rrule=pip.checkin_rrule,
+            overrides=(),
+            cancelled=pip.state != "active",
+            provider_id=ids.get(pip.calendar_uid),
+        )
+    ]
+    for review in session.scalars(
+        select(PipReview)
+        .where(PipReview.pip_id == pip.id, PipReview.kind == "review")
+        .order_by(PipReview.due_at)
+    ):
+        uid = review_uid(pip, review)
+        reviewer = reviewer_of(session, pip, review)
+        attendees = people + (
+            (Attendee(reviewer.email, reviewer.name),) if reviewer.id != manager.id else ()
+        )
+        start = (review.due_at - dt.timedelta(minutes=minutes)).astimezone(zone(tz))
+        # A closed PIP cancels the review meetings still ahead; those held stay on record.
+        ahead = pip.closed_at is None or review.due_at > pip.closed_at
+        events.append(
+            SeriesEvent(
+                uid=uid,
+                sequence=pip.calendar_sequence or 0,
+                summary=f"PIP {review.name}: {employee.name}",
+                description=(
+                    f"{review.name} of the {pip.title}. {reviewer.name} documents it by "
+                    "replying to the review email, which asks the required documentation."
+                ),
+                organizer=Attendee(manager.email, manager.name),
+                attendees=attendees,
+                dtstart_local=start.replace(tzinfo=None),
+                timezone=tz,
+                duration_minutes=minutes,
+                rrule="FREQ=DAILY;COUNT=1",
+                overrides=(),
+                cancelled=pip.state != "active" and ahead and review.documented_at is None,
+                provider_id=ids.get(uid),
+            )
+        )
+    for event in events:
+        ids[event.uid] = rt.calendar.write_series(event) or ids.get(event.uid, "")
+    pip.calendar_ids = ids
     audit.record(
         session,
         pip.organization_id,
@@ -363,9 +436,14 @@ def write_pip_invite(rt: Runtime, session: Session, task: Task) -> str:
         subject_kind="pip",
         subject_id=pip.id,
         at=rt.now(),
-        data={"uid": pip.calendar_uid, "sequence": event.sequence, "provider_id": provider_id},
+        data={
+            "uid": pip.calendar_uid,
+            "sequence": pip.calendar_sequence or 0,
+            "provider_id": ids.get(pip.calendar_uid),
+            "review_meetings": len(events) - 1,
+        },
     )
-    return f"written {pip.calendar_uid} seq {event.sequence}"
+    return f"written {pip.calendar_uid} and {len(events) - 1} review(s) seq {pip.calendar_sequence}"
 
 
 def _rewrite_calendar(session: Session, pip: Pip, now: dt.datetime) -> None:
@@ -705,10 +783,19 @@ def extend_pip(
     reviews = session.scalars(
         select(PipReview).where(PipReview.pip_id == pip.id).order_by(PipReview.due_at)
     ).all()
+    employee = session.get(Person, pip.employee_id)
+    assert employee is not None
+    minutes = pip.checkin_duration_minutes or 30
     for review in reviews:
         if review.kind == "checkin" or review.documented_at is not None or review.due_at <= now:
             continue
-        review.due_at = review.due_at + shift
+        old_due = review.due_at
+        if pip.calendar_uid:  # a review meeting: same time of day, on a business day
+            tz = zone(pip.checkin_timezone or employee.timezone)
+            at = (old_due - dt.timedelta(minutes=minutes)).astimezone(tz).time()
+            review.due_at = review_due(rt, old_due + shift, at, tz.key, minutes)
+        else:
+            review.due_at = old_due + shift
         moved.append(review.name)
         for task in session.scalars(
             select(Task).where(
@@ -718,16 +805,14 @@ def extend_pip(
                 | Task.key.like(f"escalate:pip_review:{review.id}:%"),
             )
         ):
-            task.due_at = task.due_at + shift
+            task.due_at = task.due_at + (review.due_at - old_due)
             task.updated_at = now
     # More weekly check-ins, on the same weekday and time, up to the new end.
-    employee = session.get(Person, pip.employee_id)
-    assert employee and pip.checkin_rrule and pip.checkin_dtstart_local
+    assert pip.checkin_rrule and pip.checkin_dtstart_local
     base_rule = pip.checkin_rrule.split(";COUNT=")[0]
     slot = dt.datetime.fromisoformat(pip.checkin_dtstart_local)
-    tz = pip.checkin_timezone or employee.timezone
-    minutes = pip.checkin_duration_minutes or 30
-    instances = expand(base_rule, slot, tz, minutes, pip.started_on, pip.ends_on)
+    tz_name = pip.checkin_timezone or employee.timezone
+    instances = expand(base_rule, slot, tz_name, minutes, pip.started_on, pip.ends_on)
     existing = [r for r in reviews if r.kind == "checkin"]
     added = []
     for week, inst in enumerate(instances, start=1):
