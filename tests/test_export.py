@@ -151,7 +151,7 @@ def test_html_escapes_pdf_names_and_bundle_holds_every_cited_source(rt, org, wee
         assert html == export.render_html(
             export.timeline(session, org, ANA, "Europe/London"), rt.settings.templates_dir
         )
-        pdf = export.render_pdf(tl)
+        pdf = export.render_pdf(tl, font=None)  # Helvetica: its text stays readable here
         files = export.invites(rt, session, org, tl)
     text = html.decode()
     assert "<script>" not in text and "&lt;script&gt;" in text
@@ -162,7 +162,7 @@ def test_html_escapes_pdf_names_and_bundle_holds_every_cited_source(rt, org, wee
     # decompressobj: the regex may cut a stream whose binary body holds "\nendstream"
     content = b"".join(zlib.decompressobj().decompress(s) if s[:1] == b"x" else s for s in streams)
     assert b"Ana Souza" in content
-    assert export.render_pdf(tl) == pdf  # reproducible: no creation time inside
+    assert export.render_pdf(tl, font=None) == pdf  # reproducible: no creation time inside
 
     zipped = export.bundle(tl, files, {"timeline.html": html})
     with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
@@ -390,3 +390,33 @@ def test_a_real_warning_and_its_acknowledgement_export_with_their_source_message
     assert acknowledged and any(
         s.get("sha256") == sources["ana@acme.test"] for e in acknowledged for s in e["sources"]
     )
+
+
+def test_pdf_prints_names_in_any_script_with_a_unicode_font(rt, org):
+    """With a Unicode TrueType font (DejaVu Sans from fonts-dejavu-core) a name in Polish,
+    Greek and Cyrillic is in the PDF as written: its ToUnicode map carries those characters.
+    Without one, the Latin-1 fallback shows '?' and says so in the docs."""
+    import os
+
+    files = export.pdf_font()
+    if files is None:
+        if os.environ.get("CI"):
+            pytest.fail("no Unicode font for PDFs: apt-get install fonts-dejavu-core")
+        pytest.skip("no Unicode font here (apt-get install fonts-dejavu-core)")
+    from automation.models import Person
+
+    with transaction(rt.factory) as session:
+        ana = session.scalars(select(Person).where(Person.email == ANA)).one()
+        ana.name = "Łucja Ωmega Жукова"
+    with rt.factory() as session:
+        tl = export.timeline(session, org, ANA, "UTC")
+    pdf = export.render_pdf(tl)
+    assert pdf == export.render_pdf(tl)  # still reproducible with an embedded font subset
+    streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S)
+    content = b"".join(zlib.decompressobj().decompress(s) if s[:1] == b"x" else s for s in streams)
+    for char in "ŁΩЖ":
+        assert f"<{ord(char):04X}>".encode() in content, char  # in the ToUnicode CMap
+    fallback = export.render_pdf(tl, font=None)
+    streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", fallback, re.S)
+    text = b"".join(zlib.decompressobj().decompress(s) if s[:1] == b"x" else s for s in streams)
+    assert b"?ucja ?mega ??????" in text

@@ -805,30 +805,71 @@ _PDF_REPLACEMENTS = str.maketrans(
 
 
 def _latin1(text: str) -> str:
-    """The PDF uses the built-in Helvetica (no font files needed), which covers Latin-1:
+    """Without a Unicode font the PDF uses the built-in Helvetica, which covers Latin-1:
     other characters are shown as '?'; the JSON and HTML keep the text exactly."""
     return text.translate(_PDF_REPLACEMENTS).encode("latin-1", "replace").decode("latin-1")
 
 
-def render_pdf(tl: Timeline) -> bytes:
+# A Unicode TrueType family for PDFs: names and replies in any Latin, Greek or Cyrillic
+# script (and Arabic, Hebrew, ...) print as written. AUTOMATION_PDF_FONT names a regular .ttf
+# of your own (its -Bold and -Oblique/-Italic siblings are used when present); else DejaVu
+# Sans where Debian/Ubuntu (fonts-dejavu-core), Fedora or Homebrew put it.
+PDF_FONT_CANDIDATES = (
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    Path("/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf"),
+    Path("/usr/share/fonts/dejavu/DejaVuSans.ttf"),
+    Path("/opt/homebrew/share/fonts/DejaVuSans.ttf"),
+)
+
+
+def pdf_font() -> dict[str, Path] | None:
+    """The font files by fpdf style ("", "B", "I"), or None for the Latin-1 fallback."""
+    import os
+
+    configured = os.environ.get("AUTOMATION_PDF_FONT")
+    candidates = (Path(configured),) if configured else PDF_FONT_CANDIDATES
+    for regular in candidates:
+        if regular.is_file():
+            files = {"": regular}
+            for style, suffixes in (("B", ("-Bold",)), ("I", ("-Oblique", "-Italic"))):
+                for suffix in suffixes:
+                    sibling = regular.with_name(regular.stem + suffix + regular.suffix)
+                    if sibling.is_file():
+                        files[style] = sibling
+                        break
+            return files
+    return None
+
+
+def render_pdf(tl: Timeline, font: dict[str, Path] | None | bool = True) -> bytes:
+    """The timeline as an A4 PDF; byte-identical for the same timeline and font.
+    ``font``: True finds one (:func:`pdf_font`), None forces the Latin-1 fallback."""
     from fpdf import FPDF
     from fpdf.enums import XPos, YPos
 
+    files = pdf_font() if font is True else font or None
     data = _view(tl)
     pdf = FPDF(format="A4")
     pdf.set_creation_date(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))  # reproducible bytes
-    pdf.set_title(_latin1(f"{tl.employee['name']}: timeline"))
+    family, plain = "Helvetica", _latin1
+    if files:
+        family = "Unicode"
+        for style in ("", "B", "I"):
+            pdf.add_font(family, style, str(files.get(style, files[""])))
+
+        def plain(text: str) -> str:
+            return text
+
+    pdf.set_title(plain(f"{tl.employee['name']}: timeline"))
     pdf.set_producer("checkin-automation")
     pdf.set_auto_page_break(True, margin=15)
     pdf.add_page()
     width = pdf.epw
 
     def line(text: str, size: float = 9, style: str = "", indent: float = 0) -> None:
-        pdf.set_font("Helvetica", style, size)
+        pdf.set_font(family, style, size)
         pdf.set_x(pdf.l_margin + indent)
-        pdf.multi_cell(
-            width - indent, size * 0.5, _latin1(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT
-        )
+        pdf.multi_cell(width - indent, size * 0.5, plain(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
     employee = data["employee"]
     line(f"{employee['name']} <{employee['email']}>", 15, "B")
