@@ -462,6 +462,7 @@ class InboundMessage(OrgScoped, Base):
         UniqueConstraint("organization_id", "id"),
         UniqueConstraint("organization_id", "sha256"),
         Index("ix_inbound_messages_org_message_id", "organization_id", "message_id"),
+        Index("ix_inbound_messages_state", "state"),  # the quarantine gauge, the retention sweep
         org_fk("occurrence_id", "occurrences"),
         org_fk("pip_review_id", "pip_reviews"),
     )

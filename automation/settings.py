@@ -51,6 +51,12 @@ class Settings:
     lease_seconds: int = 300
     tick_seconds: int = 30
     max_attempts: int = 8
+    # Observability (docs/observability.md).
+    log_format: str = "text"  # text | json: one JSON object per line (job ids, outcome; scrubbed)
+    # Empty: /metrics answers loopback clients only; set: a Bearer token is required.
+    metrics_token: str = dataclasses.field(default="", repr=False)
+    metrics_host: str = "127.0.0.1"  # where `automation worker` processes serve /metrics
+    metrics_port: int = 0  # 0: off; else each worker process takes the first free port from here
     # Calendars. "local" writes .ics files; "google", "graph" and "caldav" write to the
     # organisation's calendars; an organizer whose address is outside calendar_domains (when
     # set) gets iMIP invites by email instead, as do people with "imip".
@@ -151,6 +157,7 @@ _SECRET_FIELDS = {
     "smtp_password",
     "imap_password",
     "inbound_webhook_secret",
+    "metrics_token",
 }
 MAIL_TRANSPORTS = ("maildir", "smtp", "gmail", "graph")
 MAIL_INBOXES = ("maildir", "imap", "gmail", "graph")
@@ -190,6 +197,18 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
         if not isinstance(items, list | tuple) or not all(isinstance(d, str) for d in items):
             raise problem("a list of mail domains", 'e.g. ["example.com"]')
         return tuple(d.strip().lower().lstrip("@") for d in items)
+    if name == "log_format":
+        if raw not in ("text", "json"):
+            raise problem('"text" or "json"')
+        return raw
+    if name == "metrics_port":
+        try:
+            port = int(raw) if from_env else raw
+        except ValueError:
+            raise problem("a port number") from None
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise problem("a port number from 0 (off) to 65535")
+        return port
     if isinstance(default, int):
         if from_env:
             try:

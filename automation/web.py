@@ -55,7 +55,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from automation import audit
+from automation import audit, observability
 from automation.db import transaction
 from automation.models import CalendarSync, Organization, Task, TaskState
 from automation.runtime import Runtime
@@ -550,12 +550,17 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             return JSONResponse({"detail": _describe(exc.errors())}, status_code=400)
         return await request_validation_exception_handler(request, exc)
 
+    checks_runner = observability.BoundedChecks()
+    database_gauges = observability.DatabaseCollector(get_runtime)
+
     @app.get("/healthz", tags=["operations"])
     def healthz() -> JSONResponse:
-        """200 when the database answers ``SELECT 1``; 503 naming the failed check.
+        """200 when the database answers ``SELECT 1`` and the broker answers (Redis ``PING``,
+        a RabbitMQ connection opened); 503 naming the failed check. Each check waits at most
+        a few seconds. The in-process (stub) broker needs no check and is not listed.
 
-        Failures are reported by exception type only: messages can carry host names, URLs
-        and passwords."""
+        Failures are reported by exception type and a fixed reason ("connection refused",
+        "timed out", …) only: messages can carry host names, URLs and passwords."""
         checks: dict[str, str] = {}
         broker = "unknown"
         try:
@@ -565,12 +570,57 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             log.warning("health check: runtime could not be built (%s)", type(exc).__name__)
         else:
             broker = broker_kind(rt.settings.broker_url)
-            checks["database"] = _check_database(rt)
+            checks["database"] = checks_runner.run("database", lambda: _check_database(rt))
+            if broker != "stub":
+                url = rt.settings.broker_url
+                checks["broker"] = checks_runner.run(
+                    "broker", lambda: observability.check_broker(url)
+                )
+                if checks["broker"] != "ok":
+                    log.warning("health check: broker %s %s", broker, checks["broker"])
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks, "broker": broker},
             status_code=200 if ok else 503,
         )
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition (OpenMetrics when asked for)",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            401: {"description": "metrics_token is set and the bearer token is missing or wrong"},
+            403: {"description": "No metrics_token, and the client is not on this machine"},
+        },
+    )
+    def metrics(
+        request: Request,
+        authorization: Annotated[str | None, Header(max_length=1000)] = None,
+    ) -> Response:
+        """Prometheus metrics: this process's jobs and provider calls, and the task and
+        inbound gauges read from the database now. Without ``metrics_token`` only clients on
+        this machine are served; with it, ``Authorization: Bearer <metrics_token>`` is needed."""
+        from prometheus_client.exposition import choose_encoder
+
+        try:
+            rt = get_runtime()
+        except Exception as exc:  # noqa: BLE001 - no settings, so no token to check against
+            log.warning("metrics: runtime could not be built (%s)", type(exc).__name__)
+            return PlainTextResponse("runtime unavailable\n", status_code=503)
+        token = str(getattr(rt.settings, "metrics_token", "") or "")
+        client = request.client.host if request.client else None
+        problem = observability.metrics_access(token, authorization, client)
+        if problem:
+            status, reason = problem
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return PlainTextResponse(reason + "\n", status_code=status, headers=headers)
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        body = encoder(observability.Scrape(observability.REGISTRY, database_gauges))
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
     @app.post(
         "/webhooks/google/calendar",
@@ -765,7 +815,8 @@ def _check_database(rt: Runtime) -> str:
             cursor.close()
         finally:
             conn.close()
-    except Exception as exc:  # noqa: BLE001 - reported as a failed check, type only
-        log.warning("health check: database unreachable (%s)", type(exc).__name__)
-        return f"failed: {type(exc).__name__}"
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check, type and reason only
+        reason = observability.describe_failure(exc)
+        log.warning("health check: database unreachable (%s)", reason)
+        return f"failed: {reason}"
     return "ok"

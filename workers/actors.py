@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dramatiq
 
-from automation import runtime
+from automation import observability, runtime
 from automation.services import tasks
 from workers.broker import QUEUE, broker  # noqa: F401  (must come before the actors)
 
@@ -22,8 +22,10 @@ def run_task(task_id: int) -> None:
 
 
 def attach(rt: runtime.Runtime) -> runtime.Runtime:
-    """Make tasks created while running reach the broker straight away."""
+    """Make tasks created while running reach the broker straight away, and apply the
+    runtime's ``log_format`` (``json``: one JSON object per log line)."""
     rt.enqueue = run_task.send
+    observability.configure_logging(rt.settings)
     return rt
 
 

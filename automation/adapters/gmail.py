@@ -378,8 +378,7 @@ class GmailApi:
                     )
             if again:
                 log.info("Gmail: %d gets asked to wait; again in %.1f s", len(again), wait)
-                self.retry.retries += 1
-                self.retry.waited += wait
+                self.retry.retried(1, wait, "gmail")
                 self.retry.sleep(wait)
                 attempt += 1
             pending = again

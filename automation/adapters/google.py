@@ -479,8 +479,7 @@ class GoogleCalendar:
                     wait, waiting = max(wait, delay), waiting + 1
             if waiting:
                 log.info("Google: %d calls asked to wait; again in %.1f s", waiting, wait)
-                self.retry.retries += 1
-                self.retry.waited += wait
+                self.retry.retried(1, wait, "google")
                 self.retry.sleep(wait)
             pending = following
         for uid in failed:

@@ -320,8 +320,7 @@ class _GraphMailbox:
             pending = later
             if pending:
                 wait = max(waits)
-                self.retry.retries += len(pending)
-                self.retry.waited += wait
+                self.retry.retried(len(pending), wait, "graph")
                 self.retry.sleep(wait)
 
     def _run_one(self, call: _Call) -> None:

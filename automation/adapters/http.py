@@ -15,6 +15,12 @@ requests) sends its calls through :class:`Retry`, so the rules live here once:
 
 The google-api-python-client default is ``num_retries=0`` and it ignores Retry-After, which
 is why Google calls are wrapped here too rather than relying on the library.
+
+Metrics (:mod:`automation.observability`) are counted here too, so every adapter is covered:
+each attempt by provider and status class, rate-limit answers, and retries with the seconds
+waited. The provider comes from the call's description ("Google events.list", "Graph $batch
+of 20", "CalDAV PUT …") unless :attr:`Retry.provider` names it. Adapters that retry batch
+items themselves report them with :meth:`Retry.retried`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from automation import observability
 from automation.errors import PermanentProviderError, TransientProviderError
 
 log = logging.getLogger("automation.http")
@@ -105,6 +112,18 @@ class Retry:
     retries: int = 0
     waited: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # The metrics' provider label; empty: taken from the first word of each call's ``what``.
+    provider: str = ""
+    _last_provider: str = field(default="other", repr=False)
+
+    def retried(self, count: int, waited: float, provider: str = "") -> None:
+        """Count ``count`` retries after ``waited`` seconds, here and in the metrics; adapters
+        that retry the items of a batch themselves report them through this too."""
+        with self._lock:
+            self.retries += count
+            self.waited += waited
+        name = provider or self.provider or self._last_provider
+        observability.provider_retries(name, count, waited=waited)
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Wait before retry number ``attempt`` (0-based): jittered, at least Retry-After."""
@@ -120,13 +139,25 @@ class Retry:
     def run(self, call: Callable[[], T], what: str = "provider call") -> T:
         """``call`` raises :class:`ProviderCallFailed` on an HTTP error; everything else is
         the caller's. Returns the call's result or raises a ProviderError."""
+        provider = self.provider or observability.provider_of(what)
+        self._last_provider = provider
         attempt = 0
         while True:
             self.count()
             try:
-                return call()
+                result = call()
             except ProviderCallFailed as exc:
                 failure = exc.failure
+            else:
+                status = getattr(result, "status_code", 200)
+                observability.provider_call(provider, status if isinstance(status, int) else 200)
+                return result
+            observability.provider_call(
+                provider,
+                failure.status,
+                rate_limited=failure.status == 429
+                or (failure.status == 403 and failure.reason in RATE_LIMIT_REASONS),
+            )
             if failure.quota:
                 raise TransientProviderError(
                     f"{what}: quota exhausted ({failure.reason}); parked for "
@@ -150,9 +181,7 @@ class Retry:
                 attempt + 1,
                 wait,
             )
-            with self._lock:
-                self.retries += 1
-                self.waited += wait
+            self.retried(1, wait, provider)
             self.sleep(wait)
             attempt += 1
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from automation import observability
 from automation.db import claim_task, transaction
 from automation.errors import PermanentProviderError
 from automation.models import Task, TaskState
@@ -90,13 +93,63 @@ def backoff(attempts: int) -> dt.timedelta:
 
 
 def run_task(rt: Runtime, task_id: int) -> str:
-    """Claim the task, run its handler and record the outcome. Returns a short result."""
+    """Claim the task, run its handler and record the outcome. Returns a short result.
+
+    Every call writes one line on the ``automation.jobs`` logger and counts the run in the
+    metrics (:func:`automation.observability.job_finished`): outcome ``done``, ``retry``,
+    ``failed``, ``deferred``, ``not-claimed``, or ``error`` when the bookkeeping itself failed
+    (the database went away): then the exception goes up, and the lease makes it run again.
+    """
+    started = time.perf_counter()
+    run = _Run()
+    try:
+        result, new_tasks = _run(rt, task_id, run)
+    except Exception as exc:
+        run.outcome, run.error = "error", exc
+        raise
+    finally:
+        observability.job_finished(
+            task_id=task_id,
+            kind=run.kind,
+            organization_id=run.organization_id,
+            attempt=run.attempt,
+            outcome=run.outcome,
+            seconds=time.perf_counter() - started,
+            lag_seconds=run.lag_seconds,
+            error=run.error,
+            details=run.details,
+            settings=rt.settings,
+        )
+    for new in new_tasks:
+        if new.due_at <= rt.now():
+            rt.enqueue(new.id)
+    return result
+
+
+@dataclass
+class _Run:
+    """What one run learnt, for its log line and metrics."""
+
+    kind: str | None = None
+    organization_id: int | None = None
+    attempt: int | None = None
+    lag_seconds: float | None = None
+    outcome: str = "error"
+    error: BaseException | None = None
+    details: dict[str, str] = field(default_factory=dict)
+
+
+def _run(rt: Runtime, task_id: int, run: _Run) -> tuple[str, list[Task]]:
     now = rt.now()
     with transaction(rt.factory) as session:
         task = claim_task(session, task_id, now, rt.settings.lease_seconds)
         if task is None:
-            return "not-claimed"
+            run.kind = session.scalar(select(Task.kind).where(Task.id == task_id))
+            run.outcome = "not-claimed"
+            return "not-claimed", []
         kind, attempts = task.kind, task.attempts
+        run.kind, run.organization_id, run.attempt = kind, task.organization_id, attempts
+        run.lag_seconds = (now - task.due_at).total_seconds()
     new_tasks: list[Task] = []
     try:
         with transaction(rt.factory) as session:
@@ -116,18 +169,11 @@ def run_task(rt: Runtime, task_id: int) -> str:
             task.attempts = max(task.attempts - 1, 0)  # waiting is not failing
             task.lease_until, task.result = None, f"deferred: {deferred.reason}"[:200]
             task.updated_at = rt.now()
-        log.info("task %s (%s) deferred until %s: %s", task_id, kind, deferred.until, deferred)
-        return "deferred"
+        run.outcome = "deferred"
+        run.details = {"deferred_until": deferred.until.isoformat(), "reason": deferred.reason}
+        return "deferred", []
     except Exception as exc:
         permanent = isinstance(exc, PermanentProviderError) or attempts >= rt.settings.max_attempts
-        log.warning(
-            "task %s (%s) failed on attempt %d: %s: %s",
-            task_id,
-            kind,
-            attempts,
-            type(exc).__name__,
-            exc,
-        )
         with transaction(rt.factory) as session:
             task = session.get(Task, task_id)
             assert task is not None
@@ -136,9 +182,7 @@ def run_task(rt: Runtime, task_id: int) -> str:
             task.lease_until = None
             task.last_error = f"{type(exc).__name__}: {exc}"[:2000]
             task.updated_at = rt.now()
-        return "failed" if permanent else "retry"
-    log.info("task %s %s -> %s", task_id, kind, result)
-    for new in new_tasks:
-        if new.due_at <= rt.now():
-            rt.enqueue(new.id)
-    return result
+        run.outcome, run.error = ("failed" if permanent else "retry"), exc
+        return run.outcome, []
+    run.outcome = "done"
+    return result, new_tasks
