@@ -73,5 +73,15 @@ class TransientProviderError(ProviderError):
     """Retrying later may succeed."""
 
 
+class QuotaExhausted(TransientProviderError):
+    """A provider's daily or per-project quota is used up (403 ``dailyLimitExceeded``,
+    ``quotaExceeded``): hours away. The task waits ``retry_after_seconds`` without counting
+    a failed attempt, so a long outage does not push work into the failed jobs."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 3600.0):
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class PermanentProviderError(ProviderError):
     """Retrying cannot succeed without a change of data or configuration."""

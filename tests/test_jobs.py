@@ -103,3 +103,31 @@ def _tasks(rt) -> list[Task]:  # type: ignore[no-untyped-def]
 def _state(rt, task_id: int) -> str:  # type: ignore[no-untyped-def]
     with rt.factory() as session:
         return session.get(Task, task_id).state
+
+
+def test_an_exhausted_quota_parks_the_job_without_spending_an_attempt(rt, org, monkeypatch):
+    """403 dailyLimitExceeded is hours away: the job waits out the park time as often as it
+    takes, and never reaches the failed jobs however long the outage lasts."""
+    from automation.adapters.http import QUOTA_PARK_SECONDS, Failure, ProviderCallFailed, Retry
+    from automation.errors import QuotaExhausted
+
+    def over_quota(rt, session, task):  # type: ignore[no-untyped-def]
+        def call() -> None:
+            raise ProviderCallFailed(Failure(403, "dailyLimitExceeded"))
+
+        Retry(sleep=lambda s: None).run(call, "Gmail send")
+        return "sent"
+
+    with pytest.raises(QuotaExhausted):
+        over_quota(rt, None, None)
+    monkeypatch.setitem(tasks.HANDLERS, "test_quota", over_quota)
+    with transaction(rt.factory) as session:
+        task = create_task(session, org, "test_quota", "test_quota:1", 1, rt.now(), rt.now())
+    for _ in range(rt.settings.max_attempts + 2):
+        assert tasks.run_task(rt, task.id) == "deferred"
+        with transaction(rt.factory) as session:
+            row = session.get(Task, task.id)
+            assert row.state == TaskState.PENDING and row.attempts == 0
+            assert row.due_at == rt.now() + dt.timedelta(seconds=QUOTA_PARK_SECONDS)
+            assert "quota exhausted" in row.result
+            row.due_at = rt.now()  # the park time passes

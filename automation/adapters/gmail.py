@@ -99,6 +99,7 @@ from automation.errors import (
     ConfigProblem,
     PermanentProviderError,
     ProviderError,
+    QuotaExhausted,
     TransientProviderError,
 )
 from automation.ports import InboxPage, OutgoingMail, SentMail
@@ -368,7 +369,11 @@ class GmailApi:
                 elif answer.retryable and attempt + 1 < self.retry.max_attempts:
                     again.append(gid)
                     wait = max(wait, self.retry.delay(attempt, answer.retry_after))
-                elif answer.quota or answer.retryable:
+                elif answer.quota:
+                    raise QuotaExhausted(
+                        f"{what}: HTTP {answer.status} {answer.reason} for {gid}".strip()
+                    )
+                elif answer.retryable:
                     raise TransientProviderError(
                         f"{what}: HTTP {answer.status} {answer.reason} for {gid}".strip()
                     )

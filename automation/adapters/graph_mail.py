@@ -99,6 +99,7 @@ from automation.errors import (
     ConfigProblem,
     PermanentProviderError,
     ProviderError,
+    QuotaExhausted,
     TransientProviderError,
 )
 from automation.ports import InboxPage, OutgoingMail, SentMail
@@ -364,7 +365,7 @@ class _GraphMailbox:
             headers = {k.lower(): v for k, v in (answer.get("headers") or {}).items()}
             failure = Failure(status, _code(body), headers.get("retry-after"))
             if failure.quota:
-                call.error = TransientProviderError(f"{call.what}: quota ({failure.reason})")
+                call.error = QuotaExhausted(f"{call.what}: quota ({failure.reason})")
             elif not failure.retryable:
                 call.status = status
                 call.error = PermanentProviderError(

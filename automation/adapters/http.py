@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import requests
 
 from automation import observability
-from automation.errors import PermanentProviderError, TransientProviderError
+from automation.errors import PermanentProviderError, QuotaExhausted, TransientProviderError
 
 log = logging.getLogger("automation.http")
 
@@ -159,9 +159,10 @@ class Retry:
                 or (failure.status == 403 and failure.reason in RATE_LIMIT_REASONS),
             )
             if failure.quota:
-                raise TransientProviderError(
+                raise QuotaExhausted(
                     f"{what}: quota exhausted ({failure.reason}); parked for "
-                    f"{QUOTA_PARK_SECONDS:.0f} s"
+                    f"{QUOTA_PARK_SECONDS:.0f} s",
+                    QUOTA_PARK_SECONDS,
                 )
             if not failure.retryable:
                 raise PermanentProviderError(

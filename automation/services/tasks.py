@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from automation import observability
 from automation.db import claim_task, transaction
-from automation.errors import PermanentProviderError
+from automation.errors import PermanentProviderError, QuotaExhausted
 from automation.models import Task, TaskState
 from automation.runtime import Runtime
 
@@ -161,7 +161,14 @@ def _run(rt: Runtime, task_id: int, run: _Run) -> tuple[str, list[Task]]:
             task.lease_until = None
             task.updated_at = rt.now()
             new_tasks = session.info.pop("new_tasks", [])
-    except Deferred as deferred:
+    except (Deferred, QuotaExhausted) as waiting:
+        deferred = (
+            waiting
+            if isinstance(waiting, Deferred)
+            else Deferred(
+                rt.now() + dt.timedelta(seconds=waiting.retry_after_seconds), str(waiting)
+            )
+        )
         with transaction(rt.factory) as session:
             task = session.get(Task, task_id)
             assert task is not None
@@ -180,7 +187,10 @@ def _run(rt: Runtime, task_id: int, run: _Run) -> tuple[str, list[Task]]:
             task.state = TaskState.FAILED if permanent else TaskState.PENDING
             task.due_at = rt.now() + backoff(attempts)
             task.lease_until = None
-            task.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            # Scrubbed like the log line: `jobs failed` shows it, and it must not leak either.
+            task.last_error = observability.scrub(
+                f"{type(exc).__name__}: {exc}", observability.known_secrets(rt.settings)
+            )[:2000]
             task.updated_at = rt.now()
         run.outcome, run.error = ("failed" if permanent else "retry"), exc
         return run.outcome, []
