@@ -131,3 +131,23 @@ def test_an_exhausted_quota_parks_the_job_without_spending_an_attempt(rt, org, m
             assert row.due_at == rt.now() + dt.timedelta(seconds=QUOTA_PARK_SECONDS)
             assert "quota exhausted" in row.result
             row.due_at = rt.now()  # the park time passes
+
+
+def test_one_poller_reads_an_inbox_at_a_time(rt, org, settings):
+    """While another process polls (holds the inbox lock), a poll returns at once, leaving
+    the message for the holder; once it is done, the next poll takes the message in."""
+    from automation.models import InboundMessage
+    from automation.services.inbound import poll_inbox
+
+    raw = b"From: stranger@else.test\r\nSubject: hi\r\nMessage-ID: <p1@else.test>\r\n\r\nhi\r\n"
+    rt.inbox.deliver(raw, "p1")
+    other = make_engine(settings.database)
+    try:
+        with exclusive(other, f"poll_inbox:{settings.organization}:{rt.inbox.name}") as held:
+            assert held
+            assert poll_inbox(rt) == 0
+        assert poll_inbox(rt) == 1
+    finally:
+        other.dispose()
+    with rt.factory() as session:
+        assert [m.raw for m in session.scalars(select(InboundMessage))] == [raw]

@@ -147,7 +147,17 @@ def poll_inbox(rt: Runtime, limit: int = 100, pages: int = 10) -> int:
     Each message is stored (raw, first) before its page is acknowledged at the source, and
     the cursor is saved only after that: a crash anywhere means the page is read again, and
     storing the same bytes twice is a no-op. So nothing is lost and nothing doubles.
+
+    One poller at a time per inbox, across processes and machines (the tick on each machine,
+    a pushed ``mail_poll`` task): the others return 0 at once instead of reading the same page.
     """
+    from automation.db import exclusive
+
+    with exclusive(rt.engine, f"poll_inbox:{rt.settings.organization}:{rt.inbox.name}") as mine:
+        return _poll(rt, limit, pages) if mine else 0
+
+
+def _poll(rt: Runtime, limit: int, pages: int) -> int:
     count = 0
     for _ in range(pages):
         state = _mailbox_state(rt)
