@@ -329,6 +329,11 @@ from bench import escalation as _escalation  # noqa: E402
 
 _escalation.register(benchmark, Result)
 
+# ingest.overhead_vs_floor: raw reply to record on PostgreSQL vs parse + one INSERT.
+from bench import ingest_overhead as _ingest_overhead  # noqa: E402
+
+_ingest_overhead.register(benchmark, Result)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
