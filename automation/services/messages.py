@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from automation import audit
 from automation.domain.cadence import Cadence, zone
@@ -268,16 +268,43 @@ class CheckinContext:
 def load_checkin(
     session: Session, organization_id: int, occurrence_id: int
 ) -> CheckinContext | None:
-    occ = session.get(Occurrence, occurrence_id)
-    if occ is None or occ.organization_id != organization_id:
-        return None
-    series = session.get(CheckinSeries, occ.series_id)
-    assert series is not None
-    manager = session.get(Person, series.manager_id)
-    employee = session.get(Person, series.employee_id)
-    cadence_row = session.get(CadenceRow, series.cadence_id)
-    assert manager and employee and cadence_row
-    return CheckinContext(occ, series, manager, employee, Cadence.from_dict(cadence_row.definition))
+    """The occurrence with its series, both people and the cadence: one query, and none for
+    the rest of the session (a reply's processing asks for it several times)."""
+    cache: dict[tuple[int, int], CheckinContext | None] = session.info.setdefault("checkins", {})
+    key = (organization_id, occurrence_id)
+    if key in cache:
+        return cache[key]
+    manager, employee = aliased(Person), aliased(Person)
+    row = session.execute(
+        select(Occurrence, CheckinSeries, manager, employee, CadenceRow)
+        .join(
+            CheckinSeries,
+            (CheckinSeries.organization_id == Occurrence.organization_id)
+            & (CheckinSeries.id == Occurrence.series_id),
+        )
+        .join(
+            manager,
+            (manager.organization_id == CheckinSeries.organization_id)
+            & (manager.id == CheckinSeries.manager_id),
+        )
+        .join(
+            employee,
+            (employee.organization_id == CheckinSeries.organization_id)
+            & (employee.id == CheckinSeries.employee_id),
+        )
+        .join(
+            CadenceRow,
+            (CadenceRow.organization_id == CheckinSeries.organization_id)
+            & (CadenceRow.id == CheckinSeries.cadence_id),
+        )
+        .where(Occurrence.organization_id == organization_id, Occurrence.id == occurrence_id)
+    ).one_or_none()
+    ctx = None
+    if row is not None:
+        occ, series, boss, report, cadence_row = row
+        ctx = CheckinContext(occ, series, boss, report, Cadence.from_dict(cadence_row.definition))
+    cache[key] = ctx
+    return ctx
 
 
 def open_action_items(session: Session, series: CheckinSeries) -> list[dict[str, Any]]:
