@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from automation import observability
 from automation.db import claim_task, transaction
@@ -49,30 +50,41 @@ def create_task(
     due_at: dt.datetime,
     now: dt.datetime,
 ) -> Task:
-    """Return the task with this key, creating it if it does not exist yet."""
-    existing = session.scalar(
-        select(Task).where(Task.organization_id == organization_id, Task.key == key)
-    )
-    if existing is not None:
-        return existing
-    task = Task(
-        organization_id=organization_id,
-        kind=kind,
-        key=key,
-        subject_id=subject_id,
-        due_at=due_at,
-        state=TaskState.PENDING,
-        attempts=0,
-        created_at=now,
-        updated_at=now,
-    )
-    try:
-        with session.begin_nested():
-            session.add(task)
-    except IntegrityError:  # another worker created it between our SELECT and INSERT
+    """Return the task with this key, creating it if it does not exist yet.
+
+    One ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL and SQLite): a task another worker
+    created first is simply not inserted, and then read. The new row goes into the session as
+    it was written, without reading it back.
+    """
+    values = {
+        "organization_id": organization_id,
+        "kind": kind,
+        "key": key,
+        "subject_id": subject_id,
+        "due_at": due_at,
+        "state": TaskState.PENDING,
+        "lease_until": None,
+        "attempts": 0,
+        "result": None,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    new_id = session.execute(
+        insert(Task)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["organization_id", "key"])
+        .returning(Task.id)
+    ).scalar()
+    if new_id is None:  # it exists (earlier, or another worker just now)
         return session.scalars(
             select(Task).where(Task.organization_id == organization_id, Task.key == key)
         ).one()
+    task = Task(id=new_id, **values)
+    make_transient_to_detached(task)
+    session.add(task)
     session.info.setdefault("new_tasks", []).append(task)
     return task
 
