@@ -104,7 +104,9 @@ def _append(
     bulk: bool,
 ) -> list[AuditEntry]:
     org = session.execute(
-        select(Organization).where(Organization.id == organization_id).with_for_update()
+        select(Organization)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
     ).scalar_one()
     rows: list[dict[str, Any]] = []
     seq, head = org.audit_seq, org.audit_head
@@ -155,7 +157,9 @@ def redact(
     ``data`` must say what was done without repeating what was removed.
     """
     org = session.execute(
-        select(Organization).where(Organization.id == organization_id).with_for_update()
+        select(Organization)
+        .where(Organization.id == organization_id)
+        .with_for_update(key_share=True)
     ).scalar_one()
     erasure_seq = org.audit_seq + 1
     ids = sorted(set(entry_ids))
