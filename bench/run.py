@@ -334,6 +334,11 @@ from bench import ingest_overhead as _ingest_overhead  # noqa: E402
 
 _ingest_overhead.register(benchmark, Result)
 
+# faults.kill9: kill -9 the worker 20 times during a run of check-ins; everything once.
+from bench import faults as _faults  # noqa: E402
+
+_faults.register(benchmark, Result)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
