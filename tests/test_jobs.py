@@ -137,13 +137,13 @@ def test_one_poller_reads_an_inbox_at_a_time(rt, org, settings):
     """While another process polls (holds the inbox lock), a poll returns at once, leaving
     the message for the holder; once it is done, the next poll takes the message in."""
     from automation.models import InboundMessage
-    from automation.services.inbound import poll_inbox
+    from automation.services.inbound import inbox_lock_name, poll_inbox
 
     raw = b"From: stranger@else.test\r\nSubject: hi\r\nMessage-ID: <p1@else.test>\r\n\r\nhi\r\n"
     rt.inbox.deliver(raw, "p1")
     other = make_engine(settings.database)
     try:
-        with exclusive(other, f"poll_inbox:{settings.organization}:{rt.inbox.name}") as held:
+        with exclusive(other, inbox_lock_name(rt)) as held:
             assert held
             assert poll_inbox(rt) == 0
         assert poll_inbox(rt) == 1

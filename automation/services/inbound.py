@@ -153,8 +153,18 @@ def poll_inbox(rt: Runtime, limit: int = 100, pages: int = 10) -> int:
     """
     from automation.db import exclusive
 
-    with exclusive(rt.engine, f"poll_inbox:{rt.settings.organization}:{rt.inbox.name}") as mine:
+    with exclusive(rt.engine, inbox_lock_name(rt)) as mine:
         return _poll(rt, limit, pages) if mine else 0
+
+
+def inbox_lock_name(rt: Runtime) -> str:
+    """The inbox lock's name. An advisory lock is database-wide, so the name carries the
+    database URL (with its schema) and the data directory: two deployments sharing one
+    PostgreSQL server in different schemas never wait for each other."""
+    return (
+        f"poll_inbox:{rt.settings.database}:{rt.settings.data_dir}:"
+        f"{rt.settings.organization}:{rt.inbox.name}"
+    )
 
 
 def _poll(rt: Runtime, limit: int, pages: int) -> int:
