@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -123,6 +125,14 @@ def exclusive(engine: Engine, name: str) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def dialect_insert(session: Session, table: Any) -> Any:
+    """An INSERT of the session's dialect (PostgreSQL or SQLite), which both have
+    ``on_conflict_do_nothing`` and ``returning``."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql_insert(table)
+    return sqlite_insert(table)
+
+
 def due_task_ids(session: Session, now: dt.datetime, limit: int = 500) -> list[int]:
     """Ids of tasks that are due, or whose lease ran out, oldest first.
 
@@ -150,10 +160,16 @@ def claim_task(session: Session, task_id: int, now: dt.datetime, lease_seconds: 
     """Take the lease on a task if it is still due; return it, or None if someone else has it.
 
     A conditional UPDATE is the whole protocol: the first worker to flip the row wins, and a
-    worker that dies leaves a lease that expires and makes the task due again.
+    worker that dies leaves a lease that expires and makes the task due again. One statement
+    (UPDATE ... RETURNING the row). On PostgreSQL the claim's commit does not wait for its WAL
+    to reach the disk (``synchronous_commit`` off for this transaction only): a claim lost in
+    a server crash only makes the task due again, and the work's own commit, which does wait,
+    flushes the claim before it (the WAL is written in order).
     """
     lease_until = now + dt.timedelta(seconds=lease_seconds)
-    result = session.execute(
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    return session.scalars(
         update(Task)
         .where(Task.id == task_id)
         .where(
@@ -168,8 +184,6 @@ def claim_task(session: Session, task_id: int, now: dt.datetime, lease_seconds: 
             attempts=Task.attempts + 1,
             updated_at=now,
         )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return None  # nothing updated: another worker got there first, or it is not due
-    return session.get(Task, task_id, populate_existing=True)
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()

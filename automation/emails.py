@@ -14,7 +14,9 @@ import email.policy
 import email.utils
 import hashlib
 from dataclasses import dataclass
-from email.message import EmailMessage, Message
+from email import quoprimime
+from email.header import Header
+from email.message import Message
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -142,14 +144,14 @@ def build_message(
     parameter must equal the METHOD inside (Outlook rejects a mismatch); base64 keeps the
     CRLF line ends and 75-octet folding of the .ics intact through any relay.
     """
-    msg = EmailMessage(policy=email.policy.SMTP)
-    msg["From"] = sender
-    msg["To"] = ", ".join(to)
+    msg = Message()
+    msg["From"] = _addresses([sender])
+    msg["To"] = _addresses(to)
     if cc:
-        msg["Cc"] = ", ".join(cc)
+        msg["Cc"] = _addresses(cc)
     if reply_to:
-        msg["Reply-To"] = reply_to
-    msg["Subject"] = rendered.subject
+        msg["Reply-To"] = _addresses([reply_to])
+    msg["Subject"] = _unstructured(rendered.subject)
     msg["Date"] = email.utils.format_datetime(date.astimezone(dt.UTC))
     msg["Message-ID"] = message_id
     if in_reply_to:
@@ -160,15 +162,17 @@ def build_message(
     msg["Auto-Submitted"] = "auto-generated"
     if preferences_url:
         msg["List-Unsubscribe"] = f"<{preferences_url}>"
-    msg.set_content(rendered.text)
-    msg.add_alternative(rendered.html, subtype="html")
+    msg["MIME-Version"] = "1.0"
+    msg["Content-Type"] = "multipart/alternative"
+    msg.attach(_text_part(rendered.text, "plain"))
+    msg.attach(_text_part(rendered.html, "html"))
     if calendar is not None:
         method, data = calendar
         inside = method_of(data)
         if method.upper() != inside:
             raise ValueError(f"calendar part: method={method} but the data says METHOD:{inside}")
-        # A compat32 part keeps the header exactly as written: the default policy would quote
-        # the parameters (method="REQUEST"), which is valid MIME but not what clients expect.
+        # Written as clients expect it: the default policy would quote the parameters
+        # (method="REQUEST"), which is valid MIME but not what Outlook looks for.
         part = Message()
         part["Content-Type"] = f"text/calendar; method={inside}; charset=UTF-8"
         part["Content-Transfer-Encoding"] = "base64"
@@ -176,4 +180,42 @@ def build_message(
         msg.attach(part)
     # A boundary derived from the Message-ID keeps the whole message byte-for-byte reproducible.
     msg.set_boundary("=_" + hashlib.sha256(message_id.encode()).hexdigest()[:32])
-    return msg.as_bytes()
+    return msg.as_bytes(policy=_WIRE)
+
+
+# The message is put together with the compat32 classes from strings encoded here: the
+# default policy parses every header it is given into an object and folds it again, which made
+# building an email cost more than parsing one.
+_WIRE = email.policy.compat32.clone(linesep="\r\n", max_line_length=78)
+_MAX_LINE = 78  # octets per line of a 7bit/8bit body (RFC 5322 2.1.1 "SHOULD")
+
+
+def _addresses(values: list[str]) -> str:
+    """An address list, each display name RFC 2047-encoded when it is not ASCII. A newline
+    in a name cannot start a header of its own: whitespace runs become one space."""
+    pairs = email.utils.getaddresses([" ".join(v.split()) for v in values])
+    return ", ".join(email.utils.formataddr(pair, charset="utf-8") for pair in pairs)
+
+
+def _unstructured(value: str) -> str | Header:
+    value = " ".join(value.split())  # one line: no header injection through a newline
+    return value if value.isascii() else Header(value, "utf-8", maxlinelen=_MAX_LINE)
+
+
+def _text_part(text: str, subtype: str) -> Message:
+    """A UTF-8 text part, encoded as the default policy's content manager would: 7bit or 8bit
+    when every line fits, else quoted-printable (which keeps the words readable in the
+    source, where base64 would hide them)."""
+    data = text.encode("utf-8")
+    lines = data.splitlines()
+    part = Message()
+    part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+    if max((len(line) for line in lines), default=0) <= _MAX_LINE:
+        cte = "7bit" if data.isascii() else "8bit"
+        payload = (b"\n".join(lines) + b"\n").decode("ascii", "surrogateescape")
+    else:
+        cte = "quoted-printable"
+        payload = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"))
+    part["Content-Transfer-Encoding"] = cte
+    part.set_payload(payload)
+    return part

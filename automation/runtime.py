@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +40,8 @@ class Runtime:
     delegates: Delegates = field(default_factory=dict)
     # How a newly created task reaches a worker; the broker module sets the real one.
     enqueue: Callable[[int], object] = field(default=lambda task_id: None)
+    # Facts that never change for a runtime's life (an organization's id by slug).
+    cache: dict[object, Any] = field(default_factory=dict)
 
     def now(self):  # type: ignore[no-untyped-def]
         return self.clock.now()

@@ -1,8 +1,9 @@
 """``ingest.overhead_vs_floor`` (PostgreSQL): a reply's whole way in, raw bytes to record,
 against the bare floor of the same bytes: parse the MIME and insert one row.
 
-value = milliseconds per message end to end: ``store_inbound`` (the raw row, its ingest task)
-then the ingest task under its lease (decode, verify the reply token, check the sender, cut
+value = milliseconds per message end to end: ``store_many`` (the raw rows and their ingest
+tasks, a poll page of 100 per transaction, as ``poll_inbox`` stores them) then each ingest
+task under its lease (decode, verify the reply token, check the sender, cut
 quotes and signature, extract answers, rating and action items, write the record, its action
 items and audit entry, queue the confirmation). Sending the confirmation is not counted: it is
 outbound work. baseline = milliseconds per message for ``email.message_from_bytes`` with the
@@ -24,6 +25,7 @@ from typing import Any
 from bench.escalation import POSTGRES_URL, _reachable
 
 COUNT = 1_000
+PAGE = 100  # poll_inbox's page
 
 
 def _world(folder: Path, database_url: str) -> tuple[Any, ...]:
@@ -69,13 +71,15 @@ def _end_to_end(rt: Any, messages: list[bytes]) -> tuple[float, int]:
 
     from automation.models import ConversationRecord, Task, TaskState
     from automation.services import tasks
-    from automation.services.inbound import store_inbound
+    from automation.services.inbound import store_many
 
     rt.enqueue = lambda task_id: None  # the ingest tasks are run below, one by one
     started = time.perf_counter()
-    for raw in messages:
-        stored = store_inbound(rt, raw, "bench")
-        tasks.run_task(rt, stored.task_id)
+    for first in range(0, len(messages), PAGE):
+        # As `poll_inbox` takes them in: a page stored in one transaction, then each
+        # message's ingest task run on its own, as a worker runs it.
+        for stored in store_many(rt, messages[first : first + PAGE], "bench"):
+            tasks.run_task(rt, stored.task_id)
     elapsed = time.perf_counter() - started
     with rt.factory() as session:
         records = session.scalar(select(func.count()).select_from(ConversationRecord))

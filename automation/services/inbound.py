@@ -42,11 +42,10 @@ from email.message import Message
 from email.parser import HeaderParser
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from automation import audit
-from automation.db import transaction
+from automation.db import dialect_insert, transaction
 from automation.domain.cadence import zone
 from automation.domain.commands import parse_warnings, parse_when
 from automation.domain.tokens import ForgedToken, ReplyToken, find_token
@@ -79,7 +78,7 @@ from automation.services.messages import (
     when,
 )
 from automation.services.planning import move_occurrence, next_open_occurrence, series_changed
-from automation.services.tasks import create_task, handles
+from automation.services.tasks import create_task, create_tasks, handles
 
 # Our emails a reply may answer in their thread (used when the reply token is missing).
 PROMPT_KINDS = ("followup", "pip_review", "remind", "confirmation")
@@ -104,41 +103,76 @@ def organization_id(session: Session, slug: str) -> int:
 
 def store_inbound(rt: Runtime, raw: bytes, source: str) -> Stored:
     """Store one raw message and schedule its processing. The same bytes are stored once."""
-    digest = hashlib.sha256(raw).hexdigest()
+    return store_many(rt, [raw], source)[0]
+
+
+def store_many(rt: Runtime, raws: list[bytes], source: str) -> list[Stored]:
+    """Store raw messages (a poll page) and schedule their processing, in one transaction:
+    one multi-row INSERT of the messages and one of their ingest tasks, whatever the page's
+    size. Bytes stored before (by an earlier poll, another path, or a concurrent worker: the
+    (organization, sha256) key settles races) are not stored again and count as duplicates;
+    their ingest task is made sure of all the same, so a crash between the two is harmless."""
+    if not raws:
+        return []
     now = rt.now()
+    digests = [hashlib.sha256(raw).hexdigest() for raw in raws]
     with transaction(rt.factory) as session:
-        org = organization_id(session, rt.settings.organization)
-        existing = session.scalar(
-            select(InboundMessage).where(
-                InboundMessage.organization_id == org, InboundMessage.sha256 == digest
+        org = _organization_id(rt, session)
+        rows = {}
+        for raw, digest in zip(raws, digests, strict=True):
+            rows.setdefault(
+                digest,
+                {
+                    "organization_id": org,
+                    "raw": raw,
+                    "sha256": digest,
+                    "size": len(raw),
+                    "source": source,
+                    "state": InboundState.RECEIVED,
+                    "received_at": now,
+                },
             )
+        inserted = dict(
+            session.execute(
+                dialect_insert(session, InboundMessage)
+                .values(list(rows.values()))
+                .on_conflict_do_nothing(index_elements=["organization_id", "sha256"])
+                .returning(InboundMessage.sha256, InboundMessage.id)
+            ).all()
         )
-        duplicate = existing is not None
-        if existing is None:
-            existing = InboundMessage(
-                organization_id=org,
-                raw=raw,
-                sha256=digest,
-                size=len(raw),
-                source=source,
-                state=InboundState.RECEIVED,
-                received_at=now,
-            )
-            try:
-                with session.begin_nested():
-                    session.add(existing)
-            except IntegrityError:  # the same message stored concurrently by another path
-                existing = session.scalars(
-                    select(InboundMessage).where(
-                        InboundMessage.organization_id == org, InboundMessage.sha256 == digest
+        known = set(inserted)
+        missing = [d for d in rows if d not in known]
+        ids = dict(inserted)
+        if missing:
+            ids.update(
+                session.execute(
+                    select(InboundMessage.sha256, InboundMessage.id).where(
+                        InboundMessage.organization_id == org, InboundMessage.sha256.in_(missing)
                     )
-                ).one()
-                duplicate = True
-        task = create_task(session, org, "ingest", f"ingest:{existing.id}", existing.id, now, now)
-        stored = Stored(existing.id, task.id, duplicate)
-    if not duplicate:
-        rt.enqueue(stored.task_id)
+                ).all()
+            )
+        tasks = create_tasks(
+            session, org, "ingest", [(f"ingest:{ids[d]}", ids[d]) for d in rows], now, now
+        )
+    stored, seen = [], set()
+    for digest in digests:
+        message_id = ids[digest]
+        duplicate = digest not in known or digest in seen
+        seen.add(digest)
+        stored.append(Stored(message_id, tasks[f"ingest:{message_id}"], duplicate))
+    for s in stored:
+        if not s.duplicate:
+            rt.enqueue(s.task_id)
     return stored
+
+
+def _organization_id(rt: Runtime, session: Session) -> int:
+    """The configured organization's id, looked up once per runtime (it never changes)."""
+    slug = rt.settings.organization
+    cached = rt.cache.get(("organization_id", slug))
+    if cached is None:
+        cached = rt.cache[("organization_id", slug)] = organization_id(session, slug)
+    return cached
 
 
 def poll_inbox(rt: Runtime, limit: int = 100, pages: int = 10) -> int:
@@ -172,8 +206,7 @@ def _poll(rt: Runtime, limit: int, pages: int) -> int:
     for _ in range(pages):
         state = _mailbox_state(rt)
         page = rt.inbox.fetch(state.cursor if state else None, limit)
-        for _key, raw in page.messages:
-            store_inbound(rt, raw, source=rt.inbox.name)
+        store_many(rt, [raw for _key, raw in page.messages], rt.inbox.name)
         if page.messages:
             rt.inbox.ack([key for key, _ in page.messages])
         count += len(page.messages)
@@ -585,7 +618,8 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
     message.message_id = (parsed.message_id or "")[:998] or None
     message.from_address = (parsed.from_address or "")[:320] or None
     message.subject = parsed.subject
-    first = _first_with_message_id(session, message)
+    with session.no_autoflush:  # these columns are written once, with the outcome
+        first = _first_with_message_id(session, message)
     if first is not None:
         # A relay or client sent the same message again with other bytes (headers added):
         # the first copy is the one that counts.

@@ -6,12 +6,14 @@ import datetime as dt
 import email
 import email.utils
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 
 from automation import audit
+from automation.db import dialect_insert
 from automation.domain.cadence import Cadence, zone
 from automation.domain.tokens import ReplyToken, reply_address
 from automation.emails import build_message, make_message_id, render
@@ -72,14 +74,6 @@ def queue_email(
     """Put one email in the outbox (once per key) and schedule its sending. ``calendar`` is
     an iMIP part, ``(METHOD, ics bytes)`` (see :func:`automation.emails.build_message`).
     ``subject`` replaces the template's (a reply in an existing thread keeps its subject)."""
-    existing = session.scalar(
-        select(OutboundMessage).where(
-            OutboundMessage.organization_id == organization_id,
-            OutboundMessage.idempotency_key == key,
-        )
-    )
-    if existing is not None:
-        return existing
     now = rt.now()
     recipient = to[0]
     context = {
@@ -104,22 +98,45 @@ def queue_email(
         preferences_url=context["preferences_url"],
         calendar=calendar,
     )
-    message = OutboundMessage(
-        organization_id=organization_id,
-        idempotency_key=key,
-        kind=kind,
-        message_id=message_id,
-        recipients=[p.email for p in to],
-        subject=rendered.subject,
-        raw=raw,
-        occurrence_id=occurrence_id,
-        pip_review_id=pip_review_id,
-        state=OutboundState.QUEUED,
-        attempts=0,
-        created_at=now,
-    )
+    values = {
+        "organization_id": organization_id,
+        "idempotency_key": key,
+        "kind": kind,
+        "message_id": message_id,
+        "recipients": [p.email for p in to],
+        "subject": rendered.subject,
+        "raw": raw,
+        "occurrence_id": occurrence_id,
+        "pip_review_id": pip_review_id,
+        "state": OutboundState.QUEUED,
+        "attempts": 0,
+        "last_error": None,
+        "created_at": now,
+        "sent_at": None,
+        "provider_id": None,
+        "provider_thread": None,
+        "sent_message_id": None,
+        "transport": None,
+    }
+    # Once per key: an INSERT that does nothing when the key exists (then the existing row
+    # is returned) costs one statement, where a SELECT first would cost two. The rendering
+    # is wasted only when the key exists, which a task's re-run after a commit rarely meets.
+    new_id = session.execute(
+        dialect_insert(session, OutboundMessage)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["organization_id", "idempotency_key"])
+        .returning(OutboundMessage.id)
+    ).scalar()
+    if new_id is None:
+        return session.scalars(
+            select(OutboundMessage).where(
+                OutboundMessage.organization_id == organization_id,
+                OutboundMessage.idempotency_key == key,
+            )
+        ).one()
+    message = OutboundMessage(id=new_id, **values)
+    make_transient_to_detached(message)
     session.add(message)
-    session.flush()
     create_task(session, organization_id, "send", f"send:{message.id}", message.id, now, now)
     return message
 
@@ -265,17 +282,12 @@ class CheckinContext:
         return f"your check-in with {self.employee.name} on {local:%A %d %B}"
 
 
-def load_checkin(
-    session: Session, organization_id: int, occurrence_id: int
-) -> CheckinContext | None:
-    """The occurrence with its series, both people and the cadence: one query, and none for
-    the rest of the session (a reply's processing asks for it several times)."""
-    cache: dict[tuple[int, int], CheckinContext | None] = session.info.setdefault("checkins", {})
-    key = (organization_id, occurrence_id)
-    if key in cache:
-        return cache[key]
+@cache
+def _checkin_query() -> Any:
+    """Built once: constructing the statement (two aliases, four joins) cost more Python time
+    than running it."""
     manager, employee = aliased(Person), aliased(Person)
-    row = session.execute(
+    return (
         select(Occurrence, CheckinSeries, manager, employee, CadenceRow)
         .join(
             CheckinSeries,
@@ -297,13 +309,30 @@ def load_checkin(
             (CadenceRow.organization_id == CheckinSeries.organization_id)
             & (CadenceRow.id == CheckinSeries.cadence_id),
         )
-        .where(Occurrence.organization_id == organization_id, Occurrence.id == occurrence_id)
+        .where(
+            Occurrence.organization_id == bindparam("organization_id"),
+            Occurrence.id == bindparam("occurrence_id"),
+        )
+    )
+
+
+def load_checkin(
+    session: Session, organization_id: int, occurrence_id: int
+) -> CheckinContext | None:
+    """The occurrence with its series, both people and the cadence: one query, and none for
+    the rest of the session (a reply's processing asks for it several times)."""
+    known: dict[tuple[int, int], CheckinContext | None] = session.info.setdefault("checkins", {})
+    key = (organization_id, occurrence_id)
+    if key in known:
+        return known[key]
+    row = session.execute(
+        _checkin_query(), {"organization_id": organization_id, "occurrence_id": occurrence_id}
     ).one_or_none()
     ctx = None
     if row is not None:
         occ, series, boss, report, cadence_row = row
         ctx = CheckinContext(occ, series, boss, report, Cadence.from_dict(cadence_row.definition))
-    cache[key] = ctx
+    known[key] = ctx
     return ctx
 
 

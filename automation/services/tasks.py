@@ -17,12 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from automation import observability
-from automation.db import claim_task, transaction
+from automation.db import claim_task, dialect_insert, transaction
 from automation.errors import PermanentProviderError, QuotaExhausted
 from automation.models import Task, TaskState
 from automation.runtime import Runtime
@@ -70,10 +68,8 @@ def create_task(
         "created_at": now,
         "updated_at": now,
     }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     new_id = session.execute(
-        insert(Task)
+        dialect_insert(session, Task)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["organization_id", "key"])
         .returning(Task.id)
@@ -87,6 +83,53 @@ def create_task(
     session.add(task)
     session.info.setdefault("new_tasks", []).append(task)
     return task
+
+
+def create_tasks(
+    session: Session,
+    organization_id: int,
+    kind: str,
+    keyed: list[tuple[str, int]],
+    due_at: dt.datetime,
+    now: dt.datetime,
+) -> dict[str, int]:
+    """Many tasks of one kind at once, ``(key, subject_id)`` each: one multi-row INSERT ...
+    ON CONFLICT DO NOTHING, then one SELECT for the keys that existed. Returns key -> task id.
+    The rows are not loaded into the session (the caller enqueues the ids it needs)."""
+    if not keyed:
+        return {}
+    rows = [
+        {
+            "organization_id": organization_id,
+            "kind": kind,
+            "key": key,
+            "subject_id": subject_id,
+            "due_at": due_at,
+            "state": TaskState.PENDING,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for key, subject_id in dict(keyed).items()
+    ]
+    ids: dict[str, int] = dict(
+        session.execute(
+            dialect_insert(session, Task)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["organization_id", "key"])
+            .returning(Task.key, Task.id)
+        ).all()
+    )
+    missing = [row["key"] for row in rows if row["key"] not in ids]
+    if missing:
+        ids.update(
+            session.execute(
+                select(Task.key, Task.id).where(
+                    Task.organization_id == organization_id, Task.key.in_(missing)
+                )
+            ).all()
+        )
+    return ids
 
 
 class Deferred(Exception):  # noqa: N818 - a signal, not an error
@@ -162,11 +205,12 @@ def _run(rt: Runtime, task_id: int, run: _Run) -> tuple[str, list[Task]]:
         kind, attempts = task.kind, task.attempts
         run.kind, run.organization_id, run.attempt = kind, task.organization_id, attempts
         run.lag_seconds = (now - task.due_at).total_seconds()
+    claimed = task
     new_tasks: list[Task] = []
     try:
         with transaction(rt.factory) as session:
-            task = session.get(Task, task_id)
-            assert task is not None
+            # The row as the claim returned it (nobody else changes a leased task): no SELECT.
+            task = session.merge(claimed, load=False)
             result = HANDLERS[kind](rt, session, task)
             task.state = TaskState.DONE
             task.result = result[:200]
