@@ -1109,6 +1109,233 @@ def cmd_warning_create(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _goal_call(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
+    from automation.services.goals import GoalError
+
+    return _operator_call(args, action, GoalError)
+
+
+def _date_arg(text: str):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def cmd_goals_import(args: argparse.Namespace) -> int:
+    from automation.services.goals import import_goals_file
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        return import_goals_file(session, org, Path(args.file), rt.now(), actor=actor)
+
+    result = _goal_call(args, action)
+    if result is None:
+        return EX_DATAERR
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(
+            f"imported {args.file}: {result.created} created, {result.updated} updated "
+            f"(a new version each), {result.unchanged} unchanged"
+        )
+    return EX_OK
+
+
+def _print_goals(rows: list[Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows]))
+        return
+    for r in rows:
+        print(
+            f"{r.id:>5}  v{r.version:<3} {r.employee:<32} {r.status:<9} {r.due or '-':<10}  "
+            f"{r.title}" + (f"  [{r.success_criteria}]" if r.success_criteria else "")
+        )
+
+
+def cmd_goals_list(args: argparse.Namespace) -> int:
+    from automation.services.goals import list_goals
+
+    rows = _goal_call(
+        args,
+        lambda rt, session, org, actor: list_goals(
+            session, org, args.employee, include_closed=args.all
+        ),
+    )
+    if rows is None:
+        return EX_DATAERR
+    _print_goals(rows, args.json)
+    return EX_OK
+
+
+def cmd_goals_show(args: argparse.Namespace) -> int:
+    from automation.services.goals import goal_history
+
+    rows = _goal_call(args, lambda rt, session, org, actor: goal_history(session, org, args.id))
+    if rows is None:
+        return EX_DATAERR
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows]))
+        return EX_OK
+    for r in rows:
+        print(
+            f"v{r.version:<3} {r.updated_at[:16]}  {r.status:<9} {r.due or '-':<10}  {r.title}"
+            f"  (by {r.author}, {r.source})"
+            + (f"\n      criteria: {r.success_criteria}" if r.success_criteria else "")
+            + (f"\n      note: {r.note}" if r.note else "")
+        )
+    return EX_OK
+
+
+def cmd_goals_set(args: argparse.Namespace) -> int:
+    from automation.services.goals import set_goal
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        return set_goal(
+            session,
+            org,
+            args.employee,
+            args.title,
+            rt.now(),
+            actor=actor,
+            goal_id=args.id,
+            key=args.key,
+            success_criteria=args.criteria,
+            owner=args.owner,
+            due=args.due,
+            status=args.status,
+            note=args.note,
+        )
+
+    change = _goal_call(args, action)
+    if change is None:
+        return EX_DATAERR
+    if args.json:
+        print(json.dumps(asdict(change)))
+    elif not change.changed:
+        print(f"goal {change.goal_id} “{change.title}”: unchanged (version {change.version})")
+    else:
+        print(
+            f"goal {change.goal_id} “{change.title}” "
+            f"{'created' if change.created else 'updated'}: {change.status}, "
+            f"version {change.version}"
+        )
+    return EX_OK
+
+
+def cmd_development(args: argparse.Namespace) -> int:
+    from automation.services.goals import (
+        add_development_item,
+        list_development,
+        set_development_status,
+    )
+
+    if args.sub == "add":
+        found = _goal_call(
+            args,
+            lambda rt, session, org, actor: (
+                add_development_item(
+                    session,
+                    org,
+                    args.employee,
+                    args.kind,
+                    args.text,
+                    rt.now(),
+                    actor=actor,
+                    discuss_by=args.discuss_by,
+                    record_id=args.record,
+                    goal_id=args.goal,
+                    pip_goal_id=args.pip_goal,
+                ).id
+            ),
+        )
+        if found is None:
+            return EX_DATAERR
+        print(f"development item {found} added for {args.employee}")
+        return EX_OK
+    if args.sub == "close":
+        found = _goal_call(
+            args,
+            lambda rt, session, org, actor: (
+                set_development_status(
+                    session, org, args.id, args.status, rt.now(), actor=actor
+                ).status
+            ),
+        )
+        if found is None:
+            return EX_DATAERR
+        print(f"development item {args.id}: {found}")
+        return EX_OK
+    rows = _goal_call(
+        args,
+        lambda rt, session, org, actor: list_development(
+            session, org, args.employee, include_closed=args.all
+        ),
+    )
+    if rows is None:
+        return EX_DATAERR
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows]))
+        return EX_OK
+    for r in rows:
+        print(
+            f"{r.id:>5}  {r.employee:<32} {r.kind:<11} {r.status:<7} "
+            f"{r.discuss_by or '-':<10}  {r.text}"
+        )
+    return EX_OK
+
+
+def cmd_roles_check(args: argparse.Namespace) -> int:
+    """Validate config/roles/*.toml (exit 78 naming file, field and fix), then the people on
+    record: a role no file describes is reported with the person (exit 65)."""
+    from sqlalchemy import func, select
+
+    from automation.config import load_roles
+    from automation.models import Person
+
+    roles = load_roles(_settings(args))  # a ConfigError is reported by main()
+
+    def people_roles(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        return session.execute(
+            select(Person.role, func.count(Person.id), func.min(Person.email))
+            .where(Person.organization_id == org, Person.active.is_(True))
+            .group_by(Person.role)
+        ).all()
+
+    counts = _operator_call(args, people_roles, LookupError) or []
+    used = {role: (n, example) for role, n, example in counts}
+    unknown = {role: used[role] for role in used if role is not None and role not in roles}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "roles": {
+                        name: {
+                            "title": r.title,
+                            "file": r.source_file,
+                            "people": used.get(name, (0,))[0],
+                        }
+                        for name, r in sorted(roles.items())
+                    },
+                    "without_role": used.get(None, (0,))[0],
+                    "unknown": {role: {"people": n, "e.g.": e} for role, (n, e) in unknown.items()},
+                }
+            )
+        )
+    else:
+        for name, role in sorted(roles.items()):
+            print(f"{name:<24} {role.title:<32} {used.get(name, (0,))[0]:>4} people")
+        print(f"{'(no role)':<24} {'':<32} {used.get(None, (0,))[0]:>4} people")
+        for role, (n, example) in sorted(unknown.items()):
+            print(
+                f"unknown role {role!r} on {n} person(s), e.g. {example} (fix: add "
+                f"config/roles/{role}.toml, or correct the people file's role column)",
+                file=sys.stderr,
+            )
+    return EX_DATAERR if unknown else EX_OK
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     """The work queue: counts by kind and state, the failed jobs (dead letters), retry."""
     import getpass
@@ -1518,6 +1745,72 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", default="written_warning", choices=("written_warning", "corrective_action")
     )
     p.set_defaults(func=cmd_warning_create)
+
+    goals = sub.add_parser("goals", help="people's goals (versioned)").add_subparsers(
+        dest="sub", required=True
+    )
+    p = goals.add_parser(
+        "import",
+        help="create or update goals from a CSV file (employee_email,title,success_criteria"
+        "[,owner,due,status,key,note]); a new version only where something changed",
+    )
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.set_defaults(func=cmd_goals_import)
+    p = goals.add_parser("list", help="goals with their latest version")
+    p.add_argument("employee", nargs="?", help="only this person's")
+    p.add_argument("--all", action="store_true", help="done and dropped goals too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_goals_list)
+    p = goals.add_parser("show", help="every version of one goal")
+    p.add_argument("id", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_goals_show)
+    p = goals.add_parser("set", help="create a goal or append a version with what is given")
+    p.add_argument("employee", help="whose goal (their email address)")
+    p.add_argument("title", nargs="?", help="the goal's title (finds it by its key, or names it)")
+    p.add_argument("--id", type=int, help="the goal's id (from goals list)")
+    p.add_argument("--key", help="find (or create) it by this key instead of the title")
+    p.add_argument("--criteria", help="measurable success criteria")
+    p.add_argument("--owner", help="employee, manager or an address on record")
+    p.add_argument("--due", type=_date_arg, help="YYYY-MM-DD")
+    p.add_argument("--status", help="open, on_track, at_risk, done, dropped")
+    p.add_argument("--note", help="kept with the new version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_goals_set)
+
+    development = sub.add_parser(
+        "development", help="development plans: skills, agreed support, career notes"
+    ).add_subparsers(dest="sub", required=True)
+    p = development.add_parser("add", help="add an item to a person's development plan")
+    p.add_argument("employee")
+    p.add_argument("--kind", required=True, choices=("skill", "support", "career_note"))
+    p.add_argument("--text", required=True)
+    p.add_argument(
+        "--discuss-by", type=_date_arg, help="on agendas from this date (YYYY-MM-DD) until closed"
+    )
+    p.add_argument("--goal", type=int, help="the goal it serves (id)")
+    p.add_argument("--pip-goal", type=int, help="the PIP goal it serves (id)")
+    p.add_argument("--record", type=int, help="the conversation record it was agreed in (id)")
+    p.set_defaults(func=cmd_development)
+    p = development.add_parser("list", help="open development items")
+    p.add_argument("employee", nargs="?")
+    p.add_argument("--all", action="store_true", help="closed ones too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_development)
+    p = development.add_parser("close", help="mark an item done or dropped (or open again)")
+    p.add_argument("id", type=int)
+    p.add_argument("--status", default="done", choices=("done", "dropped", "open"))
+    p.set_defaults(func=cmd_development)
+
+    roles = sub.add_parser("roles", help="role expectations (config/roles)").add_subparsers(
+        dest="sub", required=True
+    )
+    p = roles.add_parser(
+        "check", help="validate config/roles/*.toml and the roles the people on record have"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_roles_check)
 
     jobs_cmd = sub.add_parser(
         "jobs", help="the work queue: status, failed jobs (dead letters), retry"

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from automation.domain.agenda import RoleExpectations
 from automation.domain.cadence import Cadence, LadderStep, parse_cadence
+from automation.domain.coaching import CoachingRules, parse_coaching
 from automation.emails import check_templates, template_names
 from automation.errors import ConfigError, ConfigProblem
 from automation.settings import Settings, load_settings
@@ -681,6 +683,105 @@ def load_privacy(settings: Settings) -> PrivacyPolicy:
     return PrivacyPolicy(hr_admins=frozenset(found), **values)
 
 
+# --- roles (config/roles/*.toml) and coaching prompts (config/coaching.toml) -----------------
+
+ROLES_FOLDER = "roles"
+COACHING_FILE = "coaching.toml"
+ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+_ROLE_KEYS = ("name", "title", "description", "success_criteria", "priorities")
+_ROLE_EXAMPLE = {
+    "title": 'title = "Software engineer"',
+    "success_criteria": 'success_criteria = ["Ships agreed work on time", "…"]',
+    "priorities": 'priorities = ["Reliability of the billing service", "…"]',
+}
+
+
+def parse_role(data: dict[str, Any], file: str, default_name: str) -> RoleExpectations:
+    """Check one role file; every problem of the file in one ConfigError. ``name`` defaults
+    to the file's name (without .toml); it is what the people file's ``role`` column says."""
+    problems: list[ConfigProblem] = []
+
+    def fail(field: str, problem: str, fix: str = "") -> None:
+        problems.append(ConfigProblem(file, field, problem, fix))
+
+    for key in data:
+        if key not in _ROLE_KEYS:
+            fail(key, "unknown key", "one of " + ", ".join(_ROLE_KEYS))
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not ROLE_NAME.match(name):
+        fail(
+            "name",
+            f"expected a short lower-case name (letters, digits, - or _), got {name!r}",
+            f'e.g. name = "{default_name if ROLE_NAME.match(default_name) else "engineer"}"',
+        )
+    title = data.get("title")
+    if not isinstance(title, str) or not title.strip():
+        fail("title", "missing or not text", _ROLE_EXAMPLE["title"])
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        fail("description", "expected text", 'description = "…"')
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in ("success_criteria", "priorities"):
+        value = data.get(key)
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(x, str) and x.strip() for x in value)
+        ):
+            fail(
+                key,
+                "expected a non-empty list of text" + ("" if value is None else f", got {value!r}"),
+                _ROLE_EXAMPLE[key],
+            )
+        else:
+            lists[key] = tuple(x.strip() for x in value)
+    if problems:
+        raise ConfigError(problems)
+    return RoleExpectations(
+        name=str(name),
+        title=str(title).strip(),
+        success_criteria=lists["success_criteria"],
+        priorities=lists["priorities"],
+        description=str(description).strip(),
+        source_file=file,
+    )
+
+
+def load_roles(settings: Settings) -> dict[str, RoleExpectations]:
+    """Every ``config/roles/*.toml`` by name (none if the folder is missing); all problems of
+    all files in one error."""
+    out: dict[str, RoleExpectations] = {}
+    problems: list[ConfigProblem] = []
+    for path in sorted((settings.config_dir / ROLES_FOLDER).glob("*.toml")):
+        try:
+            role = parse_role(read_toml(path), str(path), path.stem)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if role.name in out:
+            problems.append(
+                ConfigProblem(
+                    str(path),
+                    "name",
+                    f"{role.name!r} is already used by {out[role.name].source_file}",
+                    "give each role its own name",
+                )
+            )
+            continue
+        out[role.name] = role
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def load_coaching(settings: Settings) -> CoachingRules | None:
+    """``config/coaching.toml``, checked; None (no coaching prompts) if there is no file."""
+    path = settings.config_dir / COACHING_FILE
+    if not path.exists():
+        return None
+    return parse_coaching(read_toml(path), str(path))
+
+
 def check_all(config_file: Path | None = None) -> tuple[Settings | None, list[ConfigProblem]]:
     """Validate settings, every cadence and every template; never stops at the first problem."""
     problems: list[ConfigProblem] = []
@@ -703,7 +804,7 @@ def check_all(config_file: Path | None = None) -> tuple[Settings | None, list[Co
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems.extend(check_templates(settings.templates_dir))
-    for loader in (load_delegates, load_privacy):
+    for loader in (load_delegates, load_privacy, load_roles, load_coaching):
         try:
             loader(settings)
         except ConfigError as exc:

@@ -155,6 +155,8 @@ class Person(OrgScoped, Base):
     # When their personal data was erased (a deletion request or the retention period): the
     # row stays, with a placeholder name and address, so the records' skeleton still adds up.
     erased_at: Mapped[dt.datetime | None]
+    # The role whose expectations apply (a config/roles/*.toml name), from the people file.
+    role: Mapped[str | None] = mapped_column(String(100))
 
 
 class Cadence(OrgScoped, Base):
@@ -514,6 +516,8 @@ class ActionItem(OrgScoped, Base):
     __tablename__ = "action_items"
     __table_args__ = (
         UniqueConstraint("organization_id", "id"),
+        # The agenda's carry-over reads a series' items through their records.
+        Index("ix_action_items_record", "organization_id", "record_id"),
         org_fk("record_id", "conversation_records"),
         org_fk("owner_id", "people"),
     )
@@ -623,3 +627,145 @@ class ErasureRequest(OrgScoped, Base):
     state: Mapped[str] = mapped_column(String(20))
     completed_at: Mapped[dt.datetime | None]
     removed: Mapped[dict[str, Any] | None]
+
+
+# --- goals, development plans and agendas (issue 8) ------------------------------------------
+
+
+class GoalStatus(enum.StrEnum):
+    OPEN = "open"
+    ON_TRACK = "on_track"
+    AT_RISK = "at_risk"
+    DONE = "done"
+    DROPPED = "dropped"
+
+
+class Goal(OrgScoped, Base):
+    """A person's goal: only its identity. What it says and how it stands are its versions
+    (``goal_versions``), appended and never changed; the latest version is the current state.
+
+    ``key`` is how imports and ``#goal`` replies find it again: the folded title it was created
+    with, unless the goals file gives its own ``key`` (so a title can be reworded).
+    """
+
+    __tablename__ = "goals"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "person_id", "key"),
+        org_fk("person_id", "people"),
+        org_fk("pip_goal_id", "pip_goals"),
+    )
+    person_id: Mapped[int]
+    key: Mapped[str] = mapped_column(String(200))
+    pip_goal_id: Mapped[int | None]  # when it is (or carries on) a PIP's goal
+    source: Mapped[str] = mapped_column(String(20))  # csv | reply | cli: how it was created
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime]
+
+
+class GoalVersion(OrgScoped, Base):
+    """One state of a goal. Every change (an import that differs, a ``#goal`` reply, the CLI)
+    appends one; history is never updated in place (an erasure blanks the text, as it does a
+    record's). ``source_message_id`` links a reply's version to the message it came from."""
+
+    __tablename__ = "goal_versions"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "goal_id", "version"),
+        org_fk("goal_id", "goals"),
+        org_fk("owner_id", "people"),
+        org_fk("source_message_id", "inbound_messages"),
+    )
+    goal_id: Mapped[int]
+    version: Mapped[int]
+    title: Mapped[str] = mapped_column(Text)
+    success_criteria: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(320))  # as written: employee, manager, an address
+    owner_id: Mapped[int | None]
+    due_on: Mapped[dt.date | None]
+    status: Mapped[str] = mapped_column(String(20), default=GoalStatus.OPEN)
+    note: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(20))  # csv | reply | cli
+    source_detail: Mapped[str | None] = mapped_column(String(500))  # file:line, operator
+    source_message_id: Mapped[int | None]
+    author: Mapped[str] = mapped_column(String(320))  # an address, "import", operator:<user>
+    created_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime | None]
+
+
+class DevelopmentItem(OrgScoped, Base):
+    """One line of a person's development plan: a skill to build, support agreed, or a note
+    from a career conversation; due for discussion on its agenda from ``discuss_by``. Linked
+    to the record it was agreed in and to a goal or PIP goal, so growth and accountability
+    share one timeline."""
+
+    __tablename__ = "development_items"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        Index("ix_development_items_person", "organization_id", "person_id"),
+        org_fk("person_id", "people"),
+        org_fk("record_id", "conversation_records"),
+        org_fk("pip_goal_id", "pip_goals"),
+        org_fk("goal_id", "goals"),
+    )
+    person_id: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(20))  # skill | support | career_note
+    text: Mapped[str] = mapped_column(Text)
+    discuss_by: Mapped[dt.date | None]
+    status: Mapped[str] = mapped_column(String(20), default="open")  # open | done | dropped
+    record_id: Mapped[int | None]
+    pip_goal_id: Mapped[int | None]
+    goal_id: Mapped[int | None]
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime | None]
+
+
+class AgendaTopic(OrgScoped, Base):
+    """A topic someone added to a check-in's agenda (a ``+ topic`` line or free text in a reply
+    to the agenda, or the CLI). ``position`` is its place in the source message, so the same
+    message processed twice adds it once."""
+
+    __tablename__ = "agenda_topics"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "source_message_id", "position"),
+        Index("ix_agenda_topics_occurrence", "organization_id", "occurrence_id"),
+        org_fk("occurrence_id", "occurrences"),
+        org_fk("added_by_id", "people"),
+        org_fk("source_message_id", "inbound_messages"),
+    )
+    occurrence_id: Mapped[int]
+    added_by_id: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    source_message_id: Mapped[int | None]
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    added_at: Mapped[dt.datetime]
+    closed_at: Mapped[dt.datetime | None]  # set when closed explicitly; see domain.agenda
+    erased_at: Mapped[dt.datetime | None]
+
+
+class AgendaSnapshot(OrgScoped, Base):
+    """What one agenda email showed: the numbering of its open action items (``items``: a list
+    of ``{"number": n, "ids": [action item ids]}``), its topics and the coaching triggers that
+    fired. ``#done 2`` in a later reply means item 2 of the manager's snapshot. ``sequence``
+    1 is the agenda, 2 and up the updates sent when topics arrive late."""
+
+    __tablename__ = "agenda_snapshots"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "occurrence_id", "role", "sequence"),
+        org_fk("occurrence_id", "occurrences"),
+        org_fk("recipient_id", "people"),
+        org_fk("outbound_message_id", "outbound_messages"),
+    )
+    occurrence_id: Mapped[int]
+    role: Mapped[str] = mapped_column(String(20))  # manager | employee
+    recipient_id: Mapped[int]
+    sequence: Mapped[int] = mapped_column(Integer, default=1)
+    items: Mapped[list[Any]]
+    topic_ids: Mapped[list[Any]]
+    coaching: Mapped[list[Any]]  # the triggers that fired (manager's copy only)
+    outbound_message_id: Mapped[int | None]
+    built_at: Mapped[dt.datetime]

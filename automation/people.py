@@ -2,7 +2,9 @@
 
 ``automation people import FILE.csv`` reads a file with the header
 ``email,name,timezone,manager_email,hr_partner_email`` and an optional ``active`` column
-(true/false/yes/no/1/0; empty means true). Column names ignore case and surrounding spaces.
+(true/false/yes/no/1/0; empty means true) and an optional ``role`` column (the name of a
+``config/roles/*.toml``; empty means none; without the column, stored roles are kept). Column
+names ignore case and surrounding spaces.
 
 The import is all or nothing. :func:`parse_people_csv` is pure and checks the whole file
 first; any problem (bad email, unknown time zone, unknown manager, duplicate row, reporting
@@ -40,9 +42,9 @@ from automation.errors import ImportRejected, RowProblem
 from automation.models import Organization, Person
 
 REQUIRED_COLUMNS = ("email", "name", "timezone", "manager_email", "hr_partner_email")
-OPTIONAL_COLUMNS = ("active",)
+OPTIONAL_COLUMNS = ("active", "role")
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-HEADER = "email,name,timezone,manager_email,hr_partner_email[,active]"
+HEADER = "email,name,timezone,manager_email,hr_partner_email[,active][,role]"
 SAVE_AS = "save it as 'CSV UTF-8 (comma delimited)'"
 LINKS = (("manager_email", "manager"), ("hr_partner_email", "HR partner"))
 
@@ -53,6 +55,7 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _EMAIL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$")
 _MAX_EMAIL = 320
 _MAX_NAME = 200
+_ROLE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")  # as automation.config.ROLE_NAME
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class PersonRow:
     manager_email: str | None
     hr_partner_email: str | None
     active: bool
+    role: str | None = None
+    role_given: bool = False  # the file has a role column (else stored roles are kept)
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,7 @@ def _read_header(line: int, header: list[str], problems: _Problems) -> dict[str,
                 line,
                 raw.strip(),
                 f"unknown column '{raw.strip()}'; {hint}the columns "
-                f"are {', '.join(REQUIRED_COLUMNS)} and optionally active",
+                f"are {', '.join(REQUIRED_COLUMNS)} and optionally active and role",
             )
         else:
             columns[name] = position
@@ -259,7 +264,9 @@ def _read_row(
             row["email_ok"] = True
     row["email"] = email
     if misaligned:
-        row.update(name="", timezone="", manager_email=None, hr_partner_email=None, active=True)
+        row.update(
+            name="", timezone="", manager_email=None, hr_partner_email=None, active=True, role=None
+        )
         return row
 
     row["name"] = name = cell("name") or ""
@@ -289,6 +296,17 @@ def _read_row(
             "active",
             f"'{cell('active')}' is not a yes/no value; write true, "
             "false, yes, no, 1 or 0 (or leave it empty, meaning true)",
+        )
+
+    role = (cell("role") or "").lower()
+    row["role"] = role or None
+    if role and not _ROLE.match(role):
+        problems.add(
+            line,
+            "role",
+            f"'{cell('role')}' is not a role name; write the name of a file in config/roles "
+            "without .toml, e.g. 'engineer' (lower case, letters, digits, - or _), or leave it "
+            "empty",
         )
     return row
 
@@ -367,6 +385,8 @@ def parse_people_csv(
             manager_email=r["manager_email"],
             hr_partner_email=r["hr_partner_email"],
             active=r["active"],
+            role=r["role"],
+            role_given="role" in columns,
         )
         for r in rows
     ]
@@ -457,6 +477,7 @@ def apply_people(
                 left_at=None if r.active else now,
                 manager_id=None,
                 hr_partner_id=None,
+                role=r.role,
                 created_at=now,
                 updated_at=now,
             )
@@ -470,6 +491,8 @@ def apply_people(
             "manager_email": email_of(person.manager_id),
             "hr_partner_email": email_of(person.hr_partner_id),
         }
+        if r.role_given:
+            before["role"] = person.role
         changes = {
             field: {"from": old, "to": getattr(r, field)}
             for field, old in before.items()
@@ -481,6 +504,8 @@ def apply_people(
         if person.active != r.active:
             person.left_at = None if r.active else now  # retention counts from leaving
         person.name, person.timezone, person.active = r.name, r.timezone, r.active
+        if r.role_given:
+            person.role = r.role
         person.updated_at = now
         written.append((r, person, changes))
     session.flush()
@@ -504,6 +529,7 @@ def apply_people(
                 "active": r.active,
                 "manager_email": r.manager_email,
                 "hr_partner_email": r.hr_partner_email,
+                **({"role": r.role} if r.role else {}),
             }
         else:
             action, data = "person.updated", {"email": r.email, "changed": diff}

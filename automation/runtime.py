@@ -19,9 +19,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from automation.adapters.calendars import build_calendar
 from automation.adapters.mail import build_inbox, build_sender
 from automation.clock import Clock, SystemClock
-from automation.config import Delegates, load_cadences, load_delegates
+from automation.config import (
+    Delegates,
+    load_cadences,
+    load_coaching,
+    load_delegates,
+    load_roles,
+)
 from automation.db import make_engine, session_factory
+from automation.domain.agenda import RoleExpectations
 from automation.domain.cadence import Cadence
+from automation.domain.coaching import CoachingRules
 from automation.ports import CalendarProvider, InboxReader, MailSender
 from automation.settings import Settings, load_settings
 
@@ -38,6 +46,10 @@ class Runtime:
     cadences: dict[str, Cadence]
     # Manager's address -> delegates who may document their check-ins (config/delegates.toml).
     delegates: Delegates = field(default_factory=dict)
+    # Role expectations by name (config/roles/*.toml) and the coaching prompts' rules
+    # (config/coaching.toml; None: no prompts), for the agendas.
+    roles: dict[str, RoleExpectations] = field(default_factory=dict)
+    coaching: CoachingRules | None = None
     # How a newly created task reaches a worker; the broker module sets the real one.
     enqueue: Callable[[int], object] = field(default=lambda task_id: None)
     # Facts that never change for a runtime's life (an organization's id by slug).
@@ -60,6 +72,8 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         inbox=build_inbox(settings),
         cadences={c.name: c for c in load_cadences(settings)},
         delegates=load_delegates(settings),
+        roles=load_roles(settings),
+        coaching=load_coaching(settings),
     )
 
 

@@ -72,11 +72,126 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "employee": _EMPLOYEE,
         "occurrence": _OCCURRENCE,
         "questions": _QUESTIONS,
+        # As automation.services.agendas.agenda_context shapes them: numbered as on the
+        # manager's copy ("#done 2" closes item 2), with their age. Without number and age
+        # (an agenda built before the agenda context) the list still renders.
         "open_action_items": [
-            {"text": "Share the Q2 roadmap draft", "owner": "Ana Souza", "due": "2026-03-13"},
-            {"text": "Book the conference training", "owner": MANAGER_NAME, "due": None},
-            {"text": "Pair with Lee on the billing migration", "owner": None, "due": None},
+            {
+                "number": 1,
+                "text": "Share the Q2 roadmap draft",
+                "owner": "Ana Souza",
+                "due": "2026-03-13",
+                "age": "open 3 weeks",
+                "overdue": False,
+            },
+            {
+                "number": 2,
+                "text": "Book the conference training",
+                "owner": MANAGER_NAME,
+                "due": "2026-02-27",
+                "age": "open 5 weeks",
+                "overdue": True,
+            },
+            {
+                "number": 3,
+                "text": "Pair with Lee on the billing migration",
+                "owner": None,
+                "due": None,
+                "age": "open 4 days",
+                "overdue": False,
+            },
         ],
+        # Open goals with their latest status; the role's priorities (config/roles).
+        "goals": [
+            {
+                "title": "Ship the invoice export",
+                "success_criteria": "Used by 20 customers, fewer than 2 support tickets a week",
+                "owner": "Ana Souza",
+                "due": "2026-04-30",
+                "status": "on_track",
+                "status_label": "on track",
+                "updated": "updated 1 week ago",
+            },
+            {
+                "title": "Lead the billing migration design review",
+                "success_criteria": "Design approved by the architecture group",
+                "owner": "Ana Souza",
+                "due": None,
+                "status": "at_risk",
+                "status_label": "at risk",
+                "updated": "updated 5 weeks ago",
+            },
+        ],
+        "role": {
+            "title": "Software engineer",
+            "priorities": [
+                "Reliability of the services the team owns",
+                "Shipping the roadmap items committed for the quarter",
+            ],
+            "success_criteria": [
+                "Delivers the work agreed for the sprint, or flags the risk two days ahead",
+            ],
+        },
+        # While a PIP is active (else None).
+        "pip": {
+            "title": "90-day performance improvement plan",
+            "ends_on": "31 May 2026",
+            "goals": [
+                {
+                    "position": 1,
+                    "goal": "Answer customer tickets on time",
+                    "success_criteria": "95% of tickets answered within 2 business days",
+                    "owner": "Ana Souza",
+                    "due": "2026-04-30",
+                },
+            ],
+        },
+        # Development items due for discussion.
+        "development_items": [
+            {
+                "kind": "skill",
+                "kind_label": "Skill to build",
+                "text": "Present a design to the architecture group",
+                "discuss_by": "2026-03-10",
+            },
+            {
+                "kind": "support",
+                "kind_label": "Agreed support",
+                "text": "Two hours a week of pairing with Lee",
+                "discuss_by": "2026-03-10",
+            },
+        ],
+        # Topics either person added by replying ("+ topic"); "new" on an update only.
+        "topics": [
+            {
+                "text": "Conference budget for the autumn",
+                "added_by": "Ana Souza",
+                "added_on": "6 March 2026",
+                "carried_over": False,
+                "new": False,
+            },
+            {
+                "text": "On-call rota after the launch",
+                "added_by": MANAGER_NAME,
+                "added_on": "24 February 2026",
+                "carried_over": True,
+                "new": False,
+            },
+        ],
+        # Coaching prompts: passed for the manager's copy only, and shown only there.
+        "coaching": [
+            {
+                "trigger": "action_item_overdue",
+                "title": "An action item is overdue again",
+                "why": [
+                    "[2] Book the conference training: due 27 Feb 2026, overdue at 2 check-ins"
+                ],
+                "suggestion": "Ask what got in the way before asking for a new date.",
+                "document": "The reason it slipped and the new due date.",
+            },
+        ],
+        # True for an update sent when topics arrive after the agenda went out.
+        "agenda_update": False,
     },
     "followup": {
         **_common(_MANAGER),

@@ -190,6 +190,9 @@ class OptionalKind:
     summary_columns: tuple[str, ...] = ("title", "summary", "text", "description", "reason")
     # Polymorphic links: (value of the row's subject_kind, scope its subject_id is in).
     subjects: tuple[tuple[str, str], ...] = ()
+    # (link column, scope) pairs that replace the usual scope of a link for this kind: a goal
+    # version's ``goal_id`` names a person's goal, not a PIP goal.
+    link_scopes: tuple[tuple[str, str], ...] = ()
 
 
 # Order matters: acknowledgements may point at warnings or goals, so those come first. The
@@ -215,6 +218,32 @@ OPTIONAL_KINDS: tuple[OptionalKind, ...] = (
             ("escalation", "escalation"),
             ("pip_goal", "pip_goal"),
         ),
+    ),
+    # Goals (each version is an event: a status on a date, with its source), development
+    # plans and agenda topics: growth and accountability in one timeline.
+    OptionalKind("goal", "Goal", "goal", links=("person_id",), summary_columns=("key",)),
+    OptionalKind(
+        "goal_version",
+        "GoalVersion",
+        "goal_version",
+        links=("goal_id",),
+        link_scopes=(("goal_id", "goal"),),
+        summary_columns=("title", "status"),
+    ),
+    OptionalKind(
+        "development_item",
+        "DevelopmentItem",
+        "development_item",
+        links=("person_id",),
+        summary_columns=("text", "kind"),
+    ),
+    OptionalKind(
+        "agenda_topic",
+        "AgendaTopic",
+        "agenda_topic",
+        links=("occurrence_id",),
+        time_columns=("added_at",),
+        summary_columns=("text",),
     ),
 )
 _SCOPE_OF_LINK = {
@@ -660,10 +689,11 @@ def _optional_kinds(b: _Builder) -> None:
         if model is None or not hasattr(model, "__table__"):
             continue
         names = {c.name for c in _columns(model)}
+        scope_of = {**_SCOPE_OF_LINK, **dict(spec.link_scopes)}
         conditions = [
-            getattr(model, link).in_(sorted(b.scope[_SCOPE_OF_LINK[link]]))
+            getattr(model, link).in_(sorted(b.scope[scope_of[link]]))
             for link in spec.links
-            if link in names and b.scope.get(_SCOPE_OF_LINK[link])
+            if link in names and b.scope.get(scope_of[link])
         ]
         if {"subject_kind", "subject_id"} <= names:
             conditions += [

@@ -10,9 +10,10 @@ Erasing: :func:`request_erasure` (a deletion request) and the retention sweep bo
 :func:`erase_person`, which removes a person's personal data and keeps the skeleton that the
 organization's numbers and other people's records rest on: rows stay, with their times, ids
 and states, while content goes (record bodies, answers, notes, action items, raw mail, subjects,
-goals, warnings, comments, the person's name and address). Audit entries that carry the
-person's content are blanked through :func:`automation.audit.redact`, which appends one
-``privacy.erased`` entry that says what was done, counted by kind, without the content.
+goals and their versions, development plans, agenda topics, warnings, comments, the person's
+name and address). Audit entries that carry the person's content are blanked through
+:func:`automation.audit.redact`, which appends one ``privacy.erased`` entry that says what was
+done, counted by kind, without the content.
 
 A legal hold on the person stops all of it: the request is kept as ``held``, the audit log says
 so, and the daily sweep carries it out once the hold is released.
@@ -33,11 +34,15 @@ from automation.config import PrivacyPolicy, load_privacy
 from automation.models import (
     Acknowledgement,
     ActionItem,
+    AgendaTopic,
     AuditEntry,
     CheckinSeries,
     ConversationRecord,
     CorrectiveAction,
+    DevelopmentItem,
     ErasureRequest,
+    Goal,
+    GoalVersion,
     InboundMessage,
     InboundState,
     LegalHold,
@@ -303,6 +308,8 @@ class _Subjects:
     acks: set[int] = field(default_factory=set)
     inbound: set[int] = field(default_factory=set)
     outbound: set[int] = field(default_factory=set)
+    goals: set[int] = field(default_factory=set)
+    development: set[int] = field(default_factory=set)
 
     def audit_subjects(self, person_id: int) -> dict[str, set[int]]:
         return {
@@ -315,6 +322,8 @@ class _Subjects:
             "acknowledgement": self.acks,
             "inbound_message": self.inbound,
             "outbound_message": self.outbound,
+            "goal": self.goals,
+            "development_item": self.development,
         }
 
 
@@ -356,6 +365,15 @@ def _subjects(session: Session, person: Person) -> _Subjects:
                 (ConversationRecord.subject_kind == "pip_review")
                 & ConversationRecord.subject_id.in_(s.reviews or {-1}),
             ),
+        ),
+    )
+    s.goals = _ids(
+        session, select(Goal.id).where(Goal.organization_id == org, Goal.person_id == pid)
+    )
+    s.development = _ids(
+        session,
+        select(DevelopmentItem.id).where(
+            DevelopmentItem.organization_id == org, DevelopmentItem.person_id == pid
         ),
     )
     s.warnings = _ids(
@@ -507,6 +525,34 @@ def erase_person(
             .execution_options(synchronize_session=False)
         ).rowcount
     _update(session, Pip, s.pips, closing_note=None)
+    # Goals keep their versions (how many, when, which status) and lose what they said; the
+    # key is the title folded, so it goes too.
+    removed["goals"] = len(s.goals)
+    for goal_id in sorted(s.goals):
+        session.execute(
+            update(Goal)
+            .where(Goal.organization_id == org, Goal.id == goal_id)
+            .values(key=f"erased-{goal_id}")
+            .execution_options(synchronize_session=False)
+        )
+    for chunk in _chunks(s.goals):
+        session.execute(
+            update(GoalVersion)
+            .where(GoalVersion.organization_id == org, GoalVersion.goal_id.in_(chunk))
+            .values(title="", success_criteria="", owner="", note="", erased_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    removed["development_items"] = _update(
+        session, DevelopmentItem, s.development, text="", erased_at=now
+    )
+    removed["agenda_topics"] = 0
+    for chunk in _chunks(s.occurrences):
+        removed["agenda_topics"] += session.execute(
+            update(AgendaTopic)
+            .where(AgendaTopic.organization_id == org, AgendaTopic.occurrence_id.in_(chunk))
+            .values(text="", erased_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
     removed["warnings"] = _update(
         session, CorrectiveAction, s.warnings, reason="", expectation="", consequence=""
     )
