@@ -493,6 +493,30 @@ def test_renew_opens_the_new_channel_before_stopping_the_old(fake, key_file) -> 
     assert fake.channels == {}
 
 
+def test_a_watch_whose_answer_was_lost_opens_another_channel(fake, key_file) -> None:
+    """The first watch reaches Google but its answer is lost (503): the retry of the same id
+    gets 400 channelIdNotUnique, which is not a refusal but our own earlier attempt. The
+    adapter opens the channel under a new id instead of failing the renewal for good."""
+    from tests.fakes.faulty_proxy import FaultyProxy
+
+    def first_only(method: str, path: str, headers: object) -> None:
+        proxy.lost_ratio = 0.0  # the first forwarded call loses its answer, no other
+
+    with FaultyProxy(fake.url, lost_ratio=1.0, before_forward=first_only) as proxy:
+        cal = GoogleCalendar(
+            credentials_from_file(str(key_file), fake.token_uri),
+            endpoint=proxy.url,
+            retry=Retry(sleep=Sleeps()),
+        )
+        ttl = dt.timedelta(hours=1)
+        channel = cal.watch(BOSS, "https://hooks.example/google", "s3cret", ttl, "chan-1")
+    assert channel.id != "chan-1" and channel.resource and channel.secret == "s3cret"
+    assert sum(proxy.lost.values()) == 1
+    # The lost one exists too; it expires, or is stopped at its first notice.
+    assert set(fake.channels) == {"chan-1", channel.id}
+    assert [op for op, _ in fake.log] == ["watch", "watch"]
+
+
 def test_a_push_notice_from_the_fake_reaches_a_receiver(fake, key_file) -> None:
     received: list[dict[str, str]] = []
 

@@ -21,6 +21,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -676,3 +678,43 @@ def test_icaljs_oracle_catches_an_rdate_zone(tmp_path):
     ]
     assert wrong, "ical.js read the RDATE zone right: the control no longer shows the bug"
     assert all(instant(o["start_utc"]).month in range(3, 11) for o in wrong)  # the summer
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from automation.adapters.local import LocalCalendar
+from tests.test_ical import weekly
+folder, who, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+Path(sys.argv[4]).touch()
+while not Path(sys.argv[5]).exists():
+    time.sleep(0.001)
+calendar = LocalCalendar(folder)
+for i in range(n):
+    calendar.write_series(weekly("Europe/Berlin", uid=f"checkin-{who}-{i}"))
+"""
+
+
+def test_writers_in_two_processes_keep_every_series_in_a_shared_file(tmp_path):
+    """Two worker processes write series with the same organizer at the same moment: each
+    read-modify-write of boss@acme.test.ics holds the file's lock, so none of them is lost
+    (with only a lock per process, some went missing: the tasks were done, nothing retried)."""
+    folder, go = tmp_path / "calendars", tmp_path / "go"
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(folder), who, "40", str(tmp_path / who), str(go)],
+            cwd=PROJECT_ROOT,
+        )
+        for who in ("a", "b")
+    ]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / who).exists() for who in ("a", "b")):
+        assert time.monotonic() < deadline, "the writers did not start"
+        time.sleep(0.05)
+    go.touch()  # both start writing at once
+    assert [w.wait(120) for w in writers] == [0, 0]
+    cal = icalendar.Calendar.from_ical(
+        LocalCalendar(folder).path_for("boss@acme.test").read_bytes()
+    )
+    uids = sorted(str(c.get("uid")) for c in cal.walk("VEVENT"))
+    assert uids == sorted(f"checkin-{who}-{i}" for who in ("a", "b") for i in range(40))

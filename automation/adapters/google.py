@@ -774,11 +774,26 @@ class GoogleCalendar:
             "token": secret,
             "params": {"ttl": str(int(ttl.total_seconds()))},
         }
-        answer = self._execute(
-            calendar,
-            self._resource(calendar, "events").watch(calendarId="primary", body=body),
-            "Google watch",
-        )
+        try:
+            answer = self._execute(
+                calendar,
+                self._resource(calendar, "events").watch(calendarId="primary", body=body),
+                "Google watch",
+            )
+        except PermanentProviderError as exc:
+            if "channelIdNotUnique" not in str(exc):
+                raise
+            # The id is fresh, so an earlier attempt of this very call opened the channel and
+            # its answer was lost (a retried 503): its resource id is unknown here. It is left
+            # to expire (the web app stops a channel it does not know at its first notice);
+            # open another under a new id.
+            log.info("Google watch: channel %s exists (answer lost); opening another", channel_id)
+            body = {**body, "id": str(uuid.uuid4())}
+            answer = self._execute(
+                calendar,
+                self._resource(calendar, "events").watch(calendarId="primary", body=body),
+                "Google watch",
+            )
         expiration = answer.get("expiration")
         expires = (
             dt.datetime.fromtimestamp(int(expiration) / 1000, dt.UTC)

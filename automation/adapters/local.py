@@ -2,8 +2,11 @@
 
 Calendars: one ``<email>.ics`` per person, a feed any calendar client can subscribe to. Each
 write replaces the components of one UID in each participant's file, atomically (write to a
-temporary file, then rename), so a reader never sees half a calendar. The VEVENTs and the
-RRULE-based VTIMEZONEs come from :mod:`automation.domain.ical`, as for the iMIP invites.
+temporary file, then rename), so a reader never sees half a calendar. The read-modify-write
+of a file holds an exclusive ``flock`` on a lock file beside it, so writers in several
+processes (``automation worker --processes N``, the tick) never lose each other's series. The
+VEVENTs and the RRULE-based VTIMEZONEs come from :mod:`automation.domain.ical`, as for the
+iMIP invites.
 
 Mail: outgoing messages land in a Maildir named after a hash of their Message-ID, which is
 what lets a retry see that an earlier attempt already sent the message. Incoming messages are
@@ -12,11 +15,13 @@ read from another Maildir's ``new/`` and moved to ``cur/`` once stored.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import icalendar
@@ -42,6 +47,19 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``.<name>.lock`` beside ``path`` for the block: excludes
+    other processes and, each opening the file anew, other threads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class LocalCalendar:
@@ -87,17 +105,19 @@ class LocalCalendar:
         people = [event.organizer.email, *(a.email for a in event.attendees)]
         with self._lock:
             for email in dict.fromkeys(p.lower() for p in people):
-                cal = self._read(email)
-                kept = [
-                    c
-                    for c in cal.subcomponents
-                    if not (c.name == "VEVENT" and str(c.get("uid")) == event.uid)
-                    and c.name != "VTIMEZONE"
-                ]
-                cal.subcomponents = [*kept, *components]
-                # RRULE-based VTIMEZONEs for every zone the file uses (never RDATE lists).
-                with_timezones(cal)
-                _atomic_write(self.path_for(email), cal.to_ical())
+                # One file at a time, so two writers never wait for each other in a cycle.
+                with _file_lock(self.path_for(email)):
+                    cal = self._read(email)
+                    kept = [
+                        c
+                        for c in cal.subcomponents
+                        if not (c.name == "VEVENT" and str(c.get("uid")) == event.uid)
+                        and c.name != "VTIMEZONE"
+                    ]
+                    cal.subcomponents = [*kept, *components]
+                    # RRULE-based VTIMEZONEs for every zone the file uses (never RDATE lists).
+                    with_timezones(cal)
+                    _atomic_write(self.path_for(email), cal.to_ical())
         return event.uid
 
     def busy(

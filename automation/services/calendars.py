@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from automation import audit
 from automation.adapters.calendars import connected
-from automation.db import transaction
+from automation.db import dialect_insert, transaction
 from automation.models import (
     CalendarLink,
     CalendarSync,
@@ -129,20 +129,28 @@ def _link(session: Session, series: CheckinSeries, provider: str) -> CalendarLin
 def ensure_sync(
     session: Session, organization_id: int, provider: str, calendar: str, now: dt.datetime
 ) -> CalendarSync:
-    """The sync-state row of one provider calendar, created on first use."""
-    row = session.scalar(
-        select(CalendarSync).where(
-            CalendarSync.organization_id == organization_id,
-            CalendarSync.provider == provider,
-            CalendarSync.calendar == calendar,
-        )
+    """The sync-state row of one provider calendar, created on first use. Two workers
+    inviting series of the same organizer at once both find none: the INSERT ... ON CONFLICT
+    DO NOTHING lets the second read the first's row instead of failing its whole task on the
+    unique key (which made it write its series to the provider a second time)."""
+    where = (
+        CalendarSync.organization_id == organization_id,
+        CalendarSync.provider == provider,
+        CalendarSync.calendar == calendar,
     )
+    row = session.scalar(select(CalendarSync).where(*where))
     if row is None:
-        row = CalendarSync(
-            organization_id=organization_id, provider=provider, calendar=calendar, updated_at=now
+        session.execute(
+            dialect_insert(session, CalendarSync)
+            .values(
+                organization_id=organization_id,
+                provider=provider,
+                calendar=calendar,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["organization_id", "provider", "calendar"])
         )
-        session.add(row)
-        session.flush()
+        row = session.scalars(select(CalendarSync).where(*where)).one()
     return row
 
 

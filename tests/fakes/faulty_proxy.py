@@ -13,8 +13,9 @@
 * ``before_forward``: called with (method, path, headers) just before a request is
   forwarded, to let a test change the server's state at an exact moment.
 
-It counts what it receives by method (``received``), what it forwarded (``forwarded``) and
-what it answered with an injected fault (``faults``), and keeps ``log`` of
+It counts what it receives by method (``received``), what it forwarded (``forwarded``),
+what it answered with an injected fault (``faults``, lost answers included) and whose answer
+it lost after forwarding (``lost``), and keeps ``log`` of
 (method, path, status returned) in order.
 """
 
@@ -86,6 +87,7 @@ class FaultyProxy:
         self.received: Counter[str] = Counter()
         self.forwarded: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()
         self.log: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -102,6 +104,7 @@ class FaultyProxy:
             self.received.clear()
             self.forwarded.clear()
             self.faults.clear()
+            self.lost.clear()
             self.log.clear()
 
     def __enter__(self) -> FaultyProxy:
@@ -136,6 +139,7 @@ class FaultyProxy:
                 return "fault", 503, {}
             if roll < self.fault_ratio + self.lost_ratio:
                 self.faults[method] += 1
+                self.lost[method] += 1
                 self.forwarded[method] += 1
                 return "lose", 503, {}
             self.forwarded[method] += 1

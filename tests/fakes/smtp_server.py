@@ -24,6 +24,11 @@ Behaviours a test switches on through :class:`SmtpHandler` (``server.handler``) 
   the 250 goes out (what Gmail and Exchange Online do for SMTP submissions). It is a
   ``SentCopies`` (``find`` / ``keep``) the tests pass to the sender.
 * ``on_accept``: called with every accepted message, in the server's thread, before the 250.
+* ``random_faults(ratio, lost_ratio, seed)``: from then on, each transaction draws from a
+  seeded generator: with ``ratio`` a temporary failure (half ``421`` at MAIL FROM, after
+  which the client closes the connection; half ``451`` at DATA, nothing stored), with
+  ``lost_ratio`` the message is stored and the connection closed before the 250 (as
+  ``drop_after_accept``). ``injected`` counts them by kind ("421", "451", "lost").
 
 :func:`kill_after_accept` makes a sender die (``SystemExit``) right after the server accepted
 chosen messages: the worker crash between the provider's answer and our commit.
@@ -41,10 +46,12 @@ import email
 import email.policy
 import ipaddress
 import logging
+import random
 import socket
 import ssl
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +135,18 @@ class SmtpHandler:
         self.on_accept: Callable[[Received], None] | None = None
         self.auth_failures = 0
         self._connection_of: dict[int, int] = {}  # id(SMTP protocol) -> connection number
+        self.fault_ratio = 0.0
+        self.lost_ratio = 0.0
+        self._rng = random.Random(0)
+        self._planned: dict[int, str] = {}  # id(SMTP protocol) -> "451" | "lost" for this DATA
+        self.injected: Counter[str] = Counter()
+
+    def random_faults(self, ratio: float, lost_ratio: float = 0.0, seed: int = 0) -> None:
+        """Temporary failures (421 at MAIL FROM, 451 at DATA) on ``ratio`` of the
+        transactions from now on, lost 250s on ``lost_ratio``; seeded."""
+        with self._lock:
+            self.fault_ratio, self.lost_ratio = ratio, lost_ratio
+            self._rng = random.Random(seed)
 
     def fail_data(self, n: int, reply: str = "451 4.3.0 Temporary failure, try again") -> None:
         with self._lock:
@@ -165,6 +184,15 @@ class SmtpHandler:
         with self._lock:
             self.transactions += 1
             drop = self.transactions in self.drop_at_mail
+            roll = self._rng.random() if self.fault_ratio or self.lost_ratio else 1.0
+            self._planned.pop(id(server), None)
+            if roll < self.fault_ratio / 2:
+                self.injected["421"] += 1
+                return "421 4.3.2 Service shutting down, try again later (test)"
+            if roll < self.fault_ratio:
+                self._planned[id(server)] = "451"
+            elif roll < self.fault_ratio + self.lost_ratio:
+                self._planned[id(server)] = "lost"
         if drop:
             assert server.transport is not None
             server.transport.close()  # no answer: the client sees the connection vanish
@@ -188,6 +216,10 @@ class SmtpHandler:
         with self._lock:
             if self._data_failures:
                 return self._data_failures.pop(0)
+            planned = self._planned.pop(id(server), None)
+            if planned == "451":
+                self.injected["451"] += 1
+                return "451 4.3.0 Temporary failure, try again (test)"
         raw = envelope.original_content
         assert isinstance(raw, bytes)
         user = (
@@ -209,7 +241,10 @@ class SmtpHandler:
             self.sent_folder.keep(raw)
         if self.on_accept is not None:
             self.on_accept(received)
-        if number in self.drop_after_accept:
+        if planned == "lost":
+            with self._lock:
+                self.injected["lost"] += 1
+        if number in self.drop_after_accept or planned == "lost":
             assert server.transport is not None
             server.transport.close()  # accepted and stored, but the 250 never goes out
         return f"250 2.0.0 OK queued as {number}"
