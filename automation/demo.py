@@ -31,9 +31,12 @@ from automation.domain.cadence import zone
 from automation.emails import environment
 from automation.models import (
     NOT_RECORDED,
+    AgendaSnapshot,
+    AgendaTopic,
     CheckinSeries,
     ConversationRecord,
     Escalation,
+    Goal,
     InboundMessage,
     InboundState,
     Occurrence,
@@ -46,6 +49,7 @@ from automation.models import (
 from automation.people import import_people_file
 from automation.runtime import Runtime, build_runtime, install
 from automation.services.escalation import start_pip
+from automation.services.goals import import_goals_file
 from automation.services.loop import bootstrap, next_due, tick
 from automation.settings import Settings
 
@@ -77,6 +81,11 @@ class DemoSummary:
     not_recorded: int  # every message kept without a record: quarantined, auto-reply, bounce…
     audit_entries: int
     audit_chain_intact: bool
+    goals: int  # goals on record (config/example/goals.csv)
+    topics_added: int  # by replying to an agenda
+    agenda_updates: int  # sent because a topic came after the agenda
+    items_closed: int  # action items closed by a record ("#done 2")
+    coaching_prompts: int  # shown in managers' agendas (never in employees')
     weeks: int
     seed: int
     out: str
@@ -124,6 +133,16 @@ ACTIONS = [
     "Action: {employee} to write up the migration plan by Friday",
     "Action: I will introduce {employee} to the platform team by next Wednesday",
     "- [ ] {employee} to book the conference talk rehearsal",
+]
+
+
+TOPICS = [
+    "Conference budget for the autumn",
+    "Taking on the reporting pipeline",
+    "Feedback on the last release",
+    "Moving my one-to-one to Thursdays",
+    "Training budget for a certification",
+    "How the new team structure affects my project",
 ]
 
 
@@ -209,7 +228,7 @@ class Managers:
                     select(OutboundMessage)
                     .where(
                         OutboundMessage.state == OutboundState.SENT,
-                        OutboundMessage.kind.in_(("followup", "pip_review")),
+                        OutboundMessage.kind.in_(("followup", "pip_review", "agenda")),
                     )
                     .order_by(OutboundMessage.id)
                 )
@@ -223,6 +242,9 @@ class Managers:
             prompt = _prompt(row, row.sent_at or self.rt.now())
             employee_first = firsts[row.id]
             now = self.rt.now()
+            if row.kind == "agenda":
+                self._topic(row, prompt, person)
+                continue
             if row.kind == "pip_review":
                 self.pip_reviews += 1
                 if self.pip_reviews == 1:  # the first review is documented, the next is not
@@ -279,7 +301,20 @@ class Managers:
                 delay, style = dt.timedelta(hours=self.rng.randint(1, 30)), "top"
             at = now + delay
             body = _compose(self.rng, prompt, style, employee_first)
+            if style == "top" and self.rng.random() < 0.4:
+                # Close the first item of the agenda the manager got ("#done 1").
+                body = body.replace("\nRating:", "\n#done 1\nRating:", 1)
             self._push(at, _reply(prompt, body, person.email, person.name, at, self.n))
+
+    def _topic(self, row: OutboundMessage, prompt: Prompt, person: Person) -> None:
+        """Some employees add a topic by replying to their agenda, a few hours later (before
+        the meeting: the agenda goes out a day ahead)."""
+        if person.manager_id is None or self.rng.random() >= 0.3:
+            return
+        topics = self.rng.sample(TOPICS, k=self.rng.choice((1, 1, 2)))
+        body = "".join(f"+ {topic}\n" for topic in topics) + "\nThanks!\n"
+        at = self.rt.now() + dt.timedelta(hours=self.rng.randint(1, 12))
+        self._push(at, _reply(prompt, body, person.email, person.name, at, self.n))
 
     def next_time(self) -> dt.datetime | None:
         return self.queue[0][0] if self.queue else None
@@ -346,6 +381,7 @@ def run_demo(
         example = settings.config_dir / "example"
         with transaction(rt.factory) as session:
             import_people_file(session, org_id, example / "people.csv", rt.now())
+            import_goals_file(session, org_id, example / "goals.csv", rt.now())
             for plan in load_pip_plans(example / "pips.toml"):
                 start_pip(
                     rt,
@@ -461,6 +497,36 @@ def summarize(rt: Runtime, org_id: int, weeks: int, seed: int, out: Path) -> Dem
                 .where(AuditEntry.organization_id == org_id)
             ),
             audit_chain_intact=intact,
+            goals=count(
+                select(func.count()).select_from(Goal).where(Goal.organization_id == org_id)
+            ),
+            topics_added=count(
+                select(func.count())
+                .select_from(AgendaTopic)
+                .where(AgendaTopic.organization_id == org_id)
+            ),
+            agenda_updates=count(
+                select(func.count())
+                .select_from(AgendaSnapshot)
+                .where(AgendaSnapshot.organization_id == org_id, AgendaSnapshot.sequence > 1)
+            ),
+            items_closed=count(
+                select(func.count())
+                .select_from(AuditEntry)
+                .where(
+                    AuditEntry.organization_id == org_id,
+                    AuditEntry.action == "action_item.closed",
+                )
+            ),
+            coaching_prompts=sum(
+                len(c or ())
+                for c in session.scalars(
+                    select(AgendaSnapshot.coaching).where(
+                        AgendaSnapshot.organization_id == org_id,
+                        AgendaSnapshot.role == "manager",
+                    )
+                )
+            ),
             weeks=weeks,
             seed=seed,
             out=str(out),
@@ -572,6 +638,11 @@ def format_summary(s: DemoSummary) -> str:
         f"  escalations to HR      {s.escalations:>6}",
         f"  kept, not recorded     {s.not_recorded:>6}   "
         f"({s.quarantined} quarantined; the rest auto-replies or bounces)",
+        f"  goals on agendas       {s.goals:>6}   (config/example/goals.csv)",
+        f"  topics added by reply  {s.topics_added:>6}   "
+        f"({s.agenda_updates} agenda updates sent in the agenda's thread)",
+        f'  action items closed    {s.items_closed:>6}   ("#done 1" in a manager\'s record)',
+        f"  coaching prompts       {s.coaching_prompts:>6}   (in managers' agendas only)",
         f"  audit entries          {s.audit_entries:>6}   chain "
         f"{'intact' if s.audit_chain_intact else 'BROKEN'}",
         "",

@@ -334,6 +334,11 @@ from bench import ingest_overhead as _ingest_overhead  # noqa: E402
 
 _ingest_overhead.register(benchmark, Result)
 
+# ingest.huge_message_memory, ingest.huge_message_time: a 25 MB reply vs the stdlib's parse.
+from bench import ingest_memory as _ingest_memory  # noqa: E402
+
+_ingest_memory.register(benchmark, Result)
+
 # faults.kill9: kill -9 the worker 20 times during a run of check-ins; everything once.
 from bench import faults as _faults  # noqa: E402
 

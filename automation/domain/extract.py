@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from automation.domain.quotes import (
+    MAX_REPLY_CHARS,
     _closing_start,
     _first_marker,
     _is_quoted,
@@ -146,6 +147,7 @@ def extract(
     person's name go with the signature.
     """
     draft = _Draft()
+    text = text[:MAX_REPLY_CHARS]
     lines = _split_lines(text)
     names = _sender_names(sender)
     slots = _inline_slots(lines, questions, names)

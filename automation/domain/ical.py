@@ -534,14 +534,19 @@ def parse_imip_replies(data: bytes | str) -> tuple[ImipReply, ...]:
         raise ImipError(f"not an iCalendar object: {exc}") from exc
     if not isinstance(cal, icalendar.Calendar):
         raise ImipError("not a VCALENDAR")
-    method = str(cal.get("method", "")).strip().upper()
-    if method != REPLY:
-        raise ImipError(f"METHOD is {method or 'missing'}, not REPLY")
-    events = list(cal.walk("VEVENT"))
-    if not events:
-        raise ImipError("the REPLY holds no VEVENT")
-    zones = {str(tz.get("tzid", "")): tz for tz in cal.walk("VTIMEZONE")}
-    replies = tuple(_reply_of(e, zones) for e in events)
+    try:
+        method = str(cal.get("method", "")).strip().upper()
+        if method != REPLY:
+            raise ImipError(f"METHOD is {method or 'missing'}, not REPLY")
+        events = list(cal.walk("VEVENT"))
+        if not events:
+            raise ImipError("the REPLY holds no VEVENT")
+        zones = {str(tz.get("tzid", "")): tz for tz in cal.walk("VTIMEZONE")}
+        replies = tuple(_reply_of(e, zones) for e in events)
+    except ImipError:
+        raise
+    except Exception as exc:  # icalendar reads values lazily: a bad DTSTAMP raises here
+        raise ImipError(f"unreadable calendar data ({type(exc).__name__}: {exc})"[:300]) from exc
     if len({(r.uid, r.attendee) for r in replies}) != 1:
         raise ImipError("a REPLY answers for one UID and one attendee")
     if len({r.recurrence_id for r in replies}) != len(replies):

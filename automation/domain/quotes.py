@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 # --------------------------------------------------------------------------- trimming
 
+# The most text of one reply that is read (decoded, trimmed, extracted); the rest of a longer
+# body (a 25 MB paste) is not. A person's answer to a check-in is a few thousand characters.
+MAX_REPLY_CHARS = 1_000_000
+
 # Attribution verbs that end the line ("… wrote:"), in every language we support and a few
 # neighbours: en, de, fr, es, nl, it, sv/da/no, pl, fi, pt, ru/uk, zh (simplified and
 # traditional), ja (Thunderbird "さんは書きました", Apple Mail "のメッセージ"/"のメール").
@@ -142,7 +146,7 @@ def trim_reply(text: str, sender: str | None = None) -> str:
     its quote, and only the attribution goes. ``sender`` (the From display name) lets a
     closing that is only the person's name ("Bea") go too.
     """
-    lines = _split_lines(text)
+    lines = _split_lines(text[:MAX_REPLY_CHARS])
     lo, hi = _blank_bounds(lines, 0, len(lines))
     scan = _Scan(lines)
     while True:

@@ -19,8 +19,10 @@ KINDS = {
     "r": "pip_review",
     "s": "series",
     "a": "acknowledgement",
+    "g": "agenda",  # a reply to an agenda adds topics to the check-in
 }
 _SIG_LEN = 20  # 100 bits of base32
+_MAX_DIGITS = 18  # ids are 64-bit integers: a longer number is no id of ours
 _TOKEN = re.compile(rf"\+(\d+)-([a-z])(\d+)-([a-z2-7]{{{_SIG_LEN}}})@", re.IGNORECASE)
 
 
@@ -56,8 +58,8 @@ def find_token(key: bytes, addresses: list[str]) -> ReplyToken | None:
     for address in addresses:
         for org, code, subject, sig in _TOKEN.findall(address):
             code = code.lower()
-            if code not in KINDS:
-                forged = True
+            if code not in KINDS or len(org) > _MAX_DIGITS or len(subject) > _MAX_DIGITS:
+                forged = True  # we never sign such ids (nor could a database hold them)
                 continue
             expected = _signature(key, int(org), code, int(subject))
             if hmac.compare_digest(expected, sig.lower()):

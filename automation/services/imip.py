@@ -28,8 +28,6 @@ answer applied last. Answers are ordered by (SEQUENCE, DTSTAMP), as receivers or
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.policy
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from automation import audit
+from automation.domain import mime
 from automation.domain.ical import (
     CANCEL,
     REPLY,
@@ -197,15 +196,22 @@ class ReplyResult:
 
 
 _OUR_UID = re.compile(rb"^UID:" + re.escape(UID_PREFIX.encode()), re.MULTILINE | re.IGNORECASE)
+# In the Content-Type of a calendar part, as clients write it (a fast scan of the raw bytes).
+_CALENDAR_MARKERS = (b"/calendar", b"/Calendar", b"/CALENDAR", b"/ics", b"/ICS")
 
 
 def find_reply(raw: bytes) -> tuple[ImipReply, ...] | str | None:
     """The calendar answers in an inbound email, if it carries a METHOD:REPLY for one of our
     series (UID ``checkin-…``) as a text/calendar (or application/ics) part: the answers, or
     the reason the REPLY is unusable (a string). None: no such part, route it as usual."""
+    if not any(marker in raw for marker in _CALENDAR_MARKERS):
+        return None  # no calendar part: no need to parse the message again
+    # The inbound path's bounded parser (limits on size, depth, parts and header length).
+    msg = mime.parse_message(raw)
+    if msg is None:  # damaged MIME or over limits: the normal route keeps it, with the reason
+        return None
     try:
-        msg = email.message_from_bytes(bytes(raw), policy=email.policy.default)
-        parts = [p for p in msg.walk() if p.get_content_type() in _CALENDAR_TYPES]
+        parts = [p for p in mime.walk(msg) if p.get_content_type() in _CALENDAR_TYPES]
     except Exception:  # damaged MIME: not ours to read here; the normal route keeps it
         return None
     problem = None

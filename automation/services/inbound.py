@@ -31,16 +31,16 @@ optionally attributing it to a person on record; the raw bytes never change.
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.policy
 import email.utils
 import hashlib
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -48,7 +48,9 @@ from automation import audit
 from automation.db import dialect_insert, transaction
 from automation.domain.cadence import zone
 from automation.domain.commands import parse_warnings, parse_when
+from automation.domain.mime import parse_message
 from automation.domain.tokens import ForgedToken, ReplyToken, find_token
+from automation.errors import ProviderError, QuotaExhausted
 from automation.models import (
     Acknowledgement,
     ActionItem,
@@ -71,6 +73,7 @@ from automation.runtime import Runtime
 from automation.services import imip, pips
 from automation.services.escalation import load_subject
 from automation.services.messages import (
+    agenda_update_key,
     load_checkin,
     person_ctx,
     queue_email,
@@ -78,10 +81,12 @@ from automation.services.messages import (
     when,
 )
 from automation.services.planning import move_occurrence, next_open_occurrence, series_changed
-from automation.services.tasks import create_task, create_tasks, handles
+from automation.services.tasks import Deferred, create_task, create_tasks, handles
 
 # Our emails a reply may answer in their thread (used when the reply token is missing).
 PROMPT_KINDS = ("followup", "pip_review", "remind", "confirmation")
+
+log = logging.getLogger("automation.inbound")
 
 
 @dataclass(frozen=True)
@@ -323,7 +328,7 @@ def _token_of_prompt(
 def _link(message: InboundMessage, token: ReplyToken | None) -> None:
     if token is None:
         return
-    if token.kind == "occurrence":
+    if token.kind in ("occurrence", "agenda"):
         message.occurrence_id = token.subject_id
     elif token.kind == "pip_review":
         message.pip_review_id = token.subject_id
@@ -333,10 +338,9 @@ def _link(message: InboundMessage, token: ReplyToken | None) -> None:
 
 
 def _header_message(raw: bytes) -> Message | None:
-    try:
-        return email.message_from_bytes(bytes(raw), policy=email.policy.default)
-    except Exception:  # stored raw anyway; the caller falls back to generic wording
-        return None
+    # The bounded parser of the inbound path (policy.default is quadratic on long headers);
+    # None when unparseable: stored raw anyway, the caller falls back to generic wording.
+    return parse_message(raw)
 
 
 def _header(msg: Message, name: str) -> str:
@@ -609,6 +613,53 @@ def _first_with_message_id(session: Session, message: InboundMessage) -> int | N
 
 @handles("ingest")
 def ingest(rt: Runtime, session: Session, task: Task) -> str:
+    """Process one stored message (:func:`_ingest`) under a SAVEPOINT: whatever a message
+    makes fail (a parser bug, data the database refuses) quarantines that message with
+    "could not be processed: <error type>" instead of retrying it into the failed jobs. The
+    database itself failing (connection, deadlock, a concurrent writer) still raises: the
+    task is retried."""
+    pending = len(session.info.get("new_tasks", ()))
+    try:
+        with session.begin_nested():
+            return _ingest(rt, session, task)
+    except Exception as exc:
+        if _retried(exc):
+            raise
+        error = _error_name(exc)
+        log.warning("inbound message %s could not be processed: %s", task.subject_id, error)
+        del session.info.get("new_tasks", [])[pending:]  # rolled back with the savepoint
+        message = session.get(InboundMessage, task.subject_id)
+        if message is None or message.state != InboundState.RECEIVED:
+            raise
+        return _quarantine(session, rt, message, f"could not be processed: {error}")
+
+
+def _retried(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth a retry of the task rather than the message's quarantine."""
+    if isinstance(exc, Deferred | QuotaExhausted | ProviderError | MemoryError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        # 22: data exception (a NUL, an invalid byte sequence); 54: a program limit (an index
+        # row too large): the message's data is the problem, and will be on every retry.
+        # Anything else: the connection, a deadlock or serialization failure, a lock timeout.
+        return not (isinstance(exc, sa_exc.DataError) or sqlstate[:2] in ("22", "54"))
+    # The session's own state or a pool timeout: never the message's fault.
+    return isinstance(
+        exc, sa_exc.InvalidRequestError | sa_exc.DisconnectionError | sa_exc.TimeoutError
+    )
+
+
+def _error_name(exc: BaseException) -> str:
+    """The exception's type, not its text (which may quote the message): a value that did
+    not bind (``StatementError``) is named by its own error, e.g. ``UnicodeEncodeError``."""
+    orig = getattr(exc, "orig", None)
+    if type(exc) is sa_exc.StatementError and isinstance(orig, BaseException):
+        return type(orig).__name__
+    return type(exc).__name__
+
+
+def _ingest(rt: Runtime, session: Session, task: Task) -> str:
     message = session.get(InboundMessage, task.subject_id)
     if message is None or message.organization_id != task.organization_id:
         return "no-message"
@@ -631,6 +682,10 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
             f"duplicate of inbound message {first}: Message-ID {message.message_id} "
             "was already received",
             {"first_id": first},
+        )
+    if parsed.over_limit:
+        return _quarantine(
+            session, rt, message, f"over the parsing limits ({parsed.over_limit}): kept raw, unread"
         )
     # An operator's release vouches that this is a person's message, whatever it looks like.
     released = message.released_at is not None
@@ -662,6 +717,8 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
         return _quarantine(session, rt, message, token)
     if token.kind == "acknowledgement":
         return _acknowledge(rt, session, message, parsed, token, sender)
+    if token.kind == "agenda":
+        return _agenda_reply(rt, session, message, parsed, token, sender)
     subject = load_subject(session, message.organization_id, token.kind, token.subject_id)
     if subject is None:
         return _quarantine(session, rt, message, f"the {token.kind} this reply names is gone")
@@ -734,6 +791,10 @@ def ingest(rt: Runtime, session: Session, task: Task) -> str:
     )
     applied = _apply_commands(rt, session, token, extraction, author, on_behalf_of)
     applied += _warnings(rt, session, message, token, extraction, author, subject.manager)
+    if token.kind == "occurrence":
+        applied += _agenda_items(
+            rt, session, message, token, extraction, author, subject.employee, record.id
+        )
     message.state = InboundState.RECORDED
     message.quarantine_reason = None
     message.processed_at = rt.now()
@@ -1020,6 +1081,8 @@ def _apply_commands(
             occ.updated_at = now
             _series_changed(rt, session, ctx.series)
             done.append(f"marked {occ.state}")
+        elif command.name == "done" and command.argument.strip():
+            continue  # "#done 2" closes an agenda item (_agenda_items), not the check-in
         elif command.name == "done":
             # Any record documents the check-in; #done also closes it as held.
             if occ.state in (OccurrenceState.PLANNED, OccurrenceState.INVITED):
@@ -1043,6 +1106,91 @@ def _apply_commands(
             },
         )
     return done
+
+
+def _agenda_items(
+    rt: Runtime,
+    session: Session,
+    message: InboundMessage,
+    token: ReplyToken,
+    extraction: Extraction,
+    author: Person,
+    employee: Person,
+    record_id: int,
+) -> list[str]:
+    """What a record does to the agenda: ``#done 2`` (or "Done: the export") closes open
+    action items by their number on the manager's agenda or by text, ``#goal`` lines set the
+    employee's goals. Returns what was done, in words, for the confirmation."""
+    from automation.domain.agenda_replies import parse_closures
+    from automation.services import agendas, goals
+
+    now = rt.now()
+    done = agendas.close_items(
+        session,
+        message.organization_id,
+        token.subject_id,
+        author,
+        parse_closures(extraction.body),
+        now,
+        source_message_id=message.id,
+        record_id=record_id,
+    )
+    done += goals.apply_goal_command(
+        session, message.organization_id, author, employee, extraction.body, now, message.id
+    )
+    return done
+
+
+def _agenda_reply(
+    rt: Runtime,
+    session: Session,
+    message: InboundMessage,
+    parsed: ParsedEmail,
+    token: ReplyToken,
+    sender: str,
+) -> str:
+    """A reply to an agenda: its ``+`` lines (or its paragraphs) become topics of the
+    check-in, or of the next one once the meeting has begun. Topics added after the agenda
+    went out are sent as an update in its thread (one task per reply; the update carries
+    every topic added by then)."""
+    from automation.domain.agenda_replies import parse_topics
+    from automation.services import agendas
+
+    ctx = load_checkin(session, message.organization_id, token.subject_id)
+    if ctx is None:
+        return _quarantine(session, rt, message, "the check-in this agenda reply names is gone")
+    people = {ctx.manager.email.lower(): ctx.manager, ctx.employee.email.lower(): ctx.employee}
+    author = people.get(sender)
+    if author is None:
+        return _quarantine(
+            session, rt, message, f"sender {sender} is not a participant of this check-in"
+        )
+    sent_at = parsed.date or rt.now().astimezone(zone(author.timezone))
+    text = extract(parsed.text, [], sent_at, parsed.from_name).body
+    topics = parse_topics(text)
+    message.state = InboundState.RECORDED
+    message.quarantine_reason = None
+    message.processed_at = rt.now()
+    _link(message, token)
+    if not topics:
+        return "agenda reply: no topics"
+    added = agendas.add_topics(
+        session, message.organization_id, ctx.occurrence, author, topics, rt.now(), message.id
+    )
+    if added.late and added.topic_ids:
+        create_task(
+            session,
+            message.organization_id,
+            "agenda_update",
+            agenda_update_key(added.occurrence_id, message.id),
+            added.occurrence_id,
+            rt.now(),
+            rt.now(),
+        )
+    return (
+        f"agenda reply: {len(added.topic_ids)} topic(s) added to occurrence "
+        f"{added.occurrence_id}" + (" (update queued)" if added.late and added.topic_ids else "")
+    )
 
 
 def _warnings(

@@ -374,31 +374,102 @@ def _not_needed(occ: Occurrence) -> bool:
 
 @handles("agenda")
 def send_agenda(rt: Runtime, session: Session, task: Task) -> str:
-    ctx = load_checkin(session, task.organization_id, task.subject_id)
+    """The agenda, to the employee and to the manager (whose copy alone carries coaching
+    prompts), built from open action items, goals, the PIP, development items, the cadence's
+    questions and the topics either person added (:mod:`automation.services.agendas`)."""
+    return _agendas(rt, session, task.organization_id, task.subject_id, update=False)
+
+
+@handles("agenda_update")
+def send_agenda_update(rt: Runtime, session: Session, task: Task) -> str:
+    """Topics added by reply after the agenda went out: the agenda again, in its thread,
+    with the new topics marked. Several topics added before this runs make one update."""
+    return _agendas(rt, session, task.organization_id, task.subject_id, update=True)
+
+
+def _reply_subject(subject: str) -> str:
+    return subject if subject.lower().startswith("re:") else f"Re: {subject}"
+
+
+def agenda_update_key(occurrence_id: int, inbound_message_id: int) -> str:
+    return f"agenda_update:occurrence:{occurrence_id}:{inbound_message_id}"
+
+
+def _agendas(
+    rt: Runtime, session: Session, organization_id: int, occurrence_id: int, *, update: bool
+) -> str:
+    from automation.domain.agenda import build_agenda
+    from automation.services import agendas
+
+    ctx = load_checkin(session, organization_id, occurrence_id)
     if ctx is None:
         return "no-occurrence"
     if _not_needed(ctx.occurrence):
         return f"not-needed ({ctx.occurrence.state})"
-    items = open_action_items(session, ctx.series)
+    now = rt.now()
+    if update and ctx.occurrence.start_at <= now:
+        return "meeting-started"  # topics added now belong to the next check-in
+    inputs = agendas.agenda_inputs(session, organization_id, [occurrence_id], now, roles=rt.roles)
+    if occurrence_id not in inputs:
+        return "no-occurrence"
+    queued = 0
     for role, person in (("employee", ctx.employee), ("manager", ctx.manager)):
-        queue_email(
+        previous = agendas.latest_snapshot(session, organization_id, occurrence_id, role)
+        if update and previous is None:
+            continue  # the agenda itself is not out yet: it will carry the topics
+        if not update and previous is not None:
+            continue  # sent already (a re-run): updates carry what came later
+        agenda = build_agenda(inputs[occurrence_id], role, now, rt.coaching)
+        sequence = (
+            agendas.next_sequence(session, organization_id, occurrence_id, role) if update else 1
+        )
+        parent = (
+            session.get(OutboundMessage, previous.outbound_message_id)
+            if previous is not None and previous.outbound_message_id
+            else None
+        )
+        if (
+            update
+            and previous is not None
+            and not (set(t.id for t in agenda.topics) - set(previous.topic_ids or ()))
+        ):
+            continue  # nothing new since the last one (an earlier update carried it)
+        message = queue_email(
             rt,
             session,
-            organization_id=task.organization_id,
-            key=f"agenda:occurrence:{ctx.occurrence.id}:{role}",
+            organization_id=organization_id,
+            key=f"agenda:occurrence:{occurrence_id}:{role}"
+            + (f":{sequence}" if sequence > 1 else ""),
             kind="agenda",
             template="agenda",
             to=[person],
-            occurrence_id=ctx.occurrence.id,
+            occurrence_id=occurrence_id,
+            reply_to=reply_to_for(rt, organization_id, "agenda", occurrence_id),
+            in_reply_to=parent.message_id if parent is not None else None,
+            subject=_reply_subject(parent.subject) if parent is not None else None,
             context={
                 "manager": person_ctx(ctx.manager),
                 "employee": person_ctx(ctx.employee),
                 "occurrence": ctx.occurrence_ctx(person.timezone),
                 "questions": list(ctx.cadence.questions),
-                "open_action_items": items,
+                **agendas.agenda_context(
+                    agenda,
+                    person.timezone,
+                    update_since=previous.built_at if update and previous is not None else None,
+                ),
             },
         )
-    return "queued"
+        agendas.record_agenda(
+            session,
+            organization_id,
+            agenda,
+            person,
+            now,
+            sequence=sequence,
+            outbound_message_id=message.id,
+        )
+        queued += 1
+    return f"queued {queued}" if update else "queued"
 
 
 def followup_key(occurrence_id: int) -> str:
