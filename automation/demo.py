@@ -230,7 +230,9 @@ class Managers:
                         OutboundMessage.state == OutboundState.SENT,
                         OutboundMessage.kind.in_(("followup", "pip_review", "agenda")),
                     )
-                    .order_by(OutboundMessage.id)
+                    # By key, not id: tasks that fall due together may run in any order (and
+                    # take ids in that order); the seeded fates must not depend on it.
+                    .order_by(OutboundMessage.idempotency_key)
                 )
                 if r.id not in self.seen
             ]
@@ -394,9 +396,13 @@ def run_demo(
         end = start + dt.timedelta(weeks=weeks)
         while True:
             managers.deliver_due()
-            tick(rt)
-            broker.join(QUEUE)
-            worker.join()
+            for _ in range(10):  # a task that fell due while the tick ran goes out now too
+                tick(rt)
+                broker.join(QUEUE)
+                worker.join()
+                due = next_due(rt)
+                if due is None or due > rt.now():
+                    break
             managers.observe()
             upcoming = [t for t in (next_due(rt), managers.next_time()) if t is not None]
             nxt = min(upcoming, default=end)
