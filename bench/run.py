@@ -339,6 +339,11 @@ from bench import ingest_memory as _ingest_memory  # noqa: E402
 
 _ingest_memory.register(benchmark, Result)
 
+# agenda.build_per_s: next week's agendas on PostgreSQL vs the bare queries of the same rows.
+from bench import agenda as _agenda  # noqa: E402
+
+_agenda.register(benchmark, Result)
+
 # faults.kill9: kill -9 the worker 20 times during a run of check-ins; everything once.
 from bench import faults as _faults  # noqa: E402
 

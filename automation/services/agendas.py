@@ -140,7 +140,20 @@ def _inputs(
     latest = max(t.start_at for t in targets)
     tz_of_series = {t.series_id: zone(t.timezone) for t in targets}
 
-    # Earlier check-ins, each with its latest record version's rating.
+    # Earlier check-ins, each with its latest record version's rating. A correlated subquery
+    # (one index probe per check-in), not a join of every version: joined, PostgreSQL hashes
+    # all the organisation's records for every chunk.
+    latest_rating = (
+        select(ConversationRecord.rating)
+        .where(
+            ConversationRecord.organization_id == Occurrence.organization_id,
+            ConversationRecord.subject_kind == "occurrence",
+            ConversationRecord.subject_id == Occurrence.id,
+        )
+        .order_by(ConversationRecord.version.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     past_rows = session.execute(
         select(
             Occurrence.id,
@@ -148,30 +161,16 @@ def _inputs(
             Occurrence.start_at,
             Occurrence.state,
             Occurrence.documented_at,
-            ConversationRecord.version,
-            ConversationRecord.rating,
-        )
-        .select_from(Occurrence)
-        .outerjoin(
-            ConversationRecord,
-            (ConversationRecord.organization_id == Occurrence.organization_id)
-            & (ConversationRecord.subject_kind == "occurrence")
-            & (ConversationRecord.subject_id == Occurrence.id),
-        )
-        .where(
+            latest_rating.label("rating"),
+        ).where(
             Occurrence.organization_id == org,
             Occurrence.series_id.in_(series_ids),
             Occurrence.start_at >= earliest,
             Occurrence.start_at < latest,
         )
     ).all()
-    newest: dict[int, Any] = {}
-    for row in past_rows:
-        kept = newest.get(row.id)
-        if kept is None or (row.version or 0) > (kept.version or 0):
-            newest[row.id] = row
     past_by_series: dict[int, list[PastCheckin]] = defaultdict(list)
-    for row in newest.values():
+    for row in past_rows:
         past_by_series[row.series_id].append(
             PastCheckin(
                 occurrence_id=row.id,
