@@ -1125,15 +1125,20 @@ def _agenda_items(
     from automation.services import agendas, goals
 
     now = rt.now()
-    done = agendas.close_items(
-        session,
-        message.organization_id,
-        token.subject_id,
-        author,
-        parse_closures(extraction.body),
-        now,
-        source_message_id=message.id,
-        record_id=record_id,
+    closures = parse_closures(extraction.body)
+    done = (
+        agendas.close_items(
+            session,
+            message.organization_id,
+            token.subject_id,
+            author,
+            closures,
+            now,
+            source_message_id=message.id,
+            record_id=record_id,
+        )
+        if closures.numbers or closures.texts
+        else []  # most records close nothing: no queries for them
     )
     done += goals.apply_goal_command(
         session, message.organization_id, author, employee, extraction.body, now, message.id
