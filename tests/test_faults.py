@@ -212,7 +212,10 @@ def test_dropped_database_connections_lose_nothing(pg_url: str, tmp_path: Path):
     result = fault_run(pg_url, REDIS_URL, tmp_path, config)
     print(result.row())
     print(dict(result.retry_errors), dict(result.tick_errors))
-    assert result.db_drops >= 5 and result.backends_terminated >= 5
+    # Every drop ends whatever backends the run holds at that moment: on a busy machine the
+    # workers may hold none at most of them (CI once saw 13 drops end 2). At least one live
+    # connection must have been cut for the run to mean anything.
+    assert result.db_drops >= 5 and result.backends_terminated >= 1
     assert result.problems == [], "\n".join([result.row(), *result.problems[:50]])
     assert result.bad == 0
     assert result.replies == result.prompts == result.records == result.confirmations > 0
