@@ -339,15 +339,20 @@ from bench import ingest_memory as _ingest_memory  # noqa: E402
 
 _ingest_memory.register(benchmark, Result)
 
-# agenda.build_per_s: next week's agendas on PostgreSQL vs the bare queries of the same rows.
-from bench import agenda as _agenda  # noqa: E402
-
-_agenda.register(benchmark, Result)
-
 # faults.kill9: kill -9 the worker 20 times during a run of check-ins; everything once.
 from bench import faults as _faults  # noqa: E402
 
 _faults.register(benchmark, Result)
+
+# scale.workers_2_vs_1, scale.workers_4_vs_1: a quarter's work with 1, 2 and 4 worker processes.
+from bench import scale as _scale  # noqa: E402
+
+_scale.register(benchmark, Result)
+
+# agenda.build_per_s: next week's agendas on PostgreSQL vs the bare queries of the same rows.
+from bench import agenda as _agenda  # noqa: E402
+
+_agenda.register(benchmark, Result)
 
 
 def main(argv: list[str] | None = None) -> int:

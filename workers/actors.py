@@ -6,7 +6,7 @@ import dramatiq
 
 from automation import observability, runtime
 from automation.services import tasks
-from workers.broker import QUEUE, broker  # noqa: F401  (must come before the actors)
+from workers.broker import QUEUE, EnqueueOnce, broker  # (must come before the actors)
 
 
 @dramatiq.actor(
@@ -18,13 +18,30 @@ from workers.broker import QUEUE, broker  # noqa: F401  (must come before the ac
 )
 def run_task(task_id: int) -> None:
     """Run one due task. Safe to receive twice: the lease decides who runs it."""
-    tasks.run_task(runtime.current(), task_id)
+    rt = runtime.current()
+    try:
+        tasks.run_task(rt, task_id)
+    finally:
+        if isinstance(rt.enqueue, EnqueueOnce):
+            rt.enqueue.finished(task_id)
 
 
 def attach(rt: runtime.Runtime) -> runtime.Runtime:
     """Make tasks created while running reach the broker straight away, and apply the
-    runtime's ``log_format`` (``json``: one JSON object per log line)."""
-    rt.enqueue = run_task.send
+    runtime's ``log_format`` (``json``: one JSON object per log line). On Redis, a task
+    already waiting in the queue is not sent again (:class:`EnqueueOnce`)."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    if isinstance(broker, RedisBroker):
+        rt.enqueue = EnqueueOnce(
+            broker.client,
+            rt.settings.database,
+            rt.settings.lease_seconds,
+            run_task.send,
+            namespace=broker.namespace,
+        )
+    else:
+        rt.enqueue = run_task.send
     observability.configure_logging(rt.settings)
     return rt
 
