@@ -9,8 +9,11 @@ request, the retention period) remove an entry's content while the chain stays v
 :func:`redact` blanks actor and data and marks the entry with the sequence of the
 ``privacy.erased`` entry that accounts for it, and :func:`verify` checks that every erased
 entry is counted by such an entry. The database refuses DELETE on the table and every UPDATE
-but that one (migration 0007). Appends for one organization are serialised by locking its row
-(PostgreSQL) or by SQLite's single writer.
+but that one (migration 0007).
+
+Entries are queued on the session and appended when its transaction commits
+(:func:`record`), so appends for one organization, serialised by locking its row
+(PostgreSQL) or by SQLite's single writer, hold that lock only from the append to the commit.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.orm import Session
 
 from automation.models import AuditEntry, Organization
@@ -65,9 +68,17 @@ def record(
     subject_id: int | None,
     at: dt.datetime,
     data: dict[str, Any] | None = None,
-) -> AuditEntry:
-    """Append one entry to the organization's chain, in the caller's transaction."""
-    (entry,) = _append(
+) -> None:
+    """Add one entry to the organization's chain when the caller's transaction commits.
+
+    The entry is queued on the session and appended by the commit (:func:`_append_on_commit`):
+    the chain's lock on the organization row is then held only for the append and the commit,
+    not for the rest of the caller's work (rendering, provider calls), which is what let two
+    worker processes run no faster than one. A rolled-back transaction or savepoint drops its
+    entries with its other changes. Reading the audit log in the same session appends the
+    queued entries first; :func:`record_now` appends at once and returns the entry.
+    """
+    _queue(
         session,
         organization_id,
         [
@@ -80,37 +91,83 @@ def record(
             }
         ],
         at,
-        bulk=False,
     )
-    return entry
+
+
+def record_now(
+    session: Session,
+    organization_id: int,
+    *,
+    actor: str,
+    action: str,
+    subject_kind: str,
+    subject_id: int | None,
+    at: dt.datetime,
+    data: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """:func:`record`, appended now (with any entries queued before it), for a caller that
+    needs the entry's ``id`` or ``seq``; the organization row stays locked until commit."""
+    record(
+        session,
+        organization_id,
+        actor=actor,
+        action=action,
+        subject_kind=subject_kind,
+        subject_id=subject_id,
+        at=at,
+        data=data,
+    )
+    return flush_pending(session)[-1]
 
 
 def record_many(
     session: Session, organization_id: int, entries: list[dict[str, Any]], at: dt.datetime
 ) -> int:
-    """Append many entries at once (bulk planning); each dict has the keyword arguments of
-    :func:`record` except ``at``. One lock and one INSERT instead of one per entry."""
+    """Queue many entries at once (bulk planning); each dict has the keyword arguments of
+    :func:`record` except ``at``. They are appended with one lock and one INSERT."""
+    _queue(session, organization_id, entries, at)
+    return len(entries)
+
+
+_PENDING = "automation.audit.pending"
+
+
+def _queue(
+    session: Session, organization_id: int, entries: list[dict[str, Any]], at: dt.datetime
+) -> None:
     if not entries:
-        return 0
-    return len(_append(session, organization_id, entries, at, bulk=True))
+        return
+    # The innermost transaction: a savepoint rolled back takes the entries queued in it along.
+    owner = session.get_nested_transaction() or session.get_transaction()
+    pending = session.info.setdefault(_PENDING, [])
+    pending.extend((owner, organization_id, at, e) for e in entries)
+
+
+def flush_pending(session: Session) -> list[AuditEntry]:
+    """Append the entries queued on this session now, in their order, organization by
+    organization (by id, so two sessions lock organization rows in the same order)."""
+    pending = session.info.pop(_PENDING, None)
+    if not pending:
+        return []
+    by_org: dict[int, list[tuple[dt.datetime, dict[str, Any]]]] = {}
+    for _owner, org_id, at, e in pending:
+        by_org.setdefault(org_id, []).append((at, e))
+    appended: list[AuditEntry] = []
+    for org_id in sorted(by_org):
+        appended.extend(_append(session, org_id, by_org[org_id]))
+    return appended
 
 
 def _append(
-    session: Session,
-    organization_id: int,
-    entries: list[dict[str, Any]],
-    at: dt.datetime,
-    *,
-    bulk: bool,
+    session: Session, organization_id: int, entries: list[tuple[dt.datetime, dict[str, Any]]]
 ) -> list[AuditEntry]:
-    org = session.execute(
-        select(Organization)
+    seq, head = session.execute(
+        select(Organization.audit_seq, Organization.audit_head)
         .where(Organization.id == organization_id)
         .with_for_update(key_share=True)
-    ).scalar_one()
+    ).one()
     rows: list[dict[str, Any]] = []
-    seq, head = org.audit_seq, org.audit_head
-    for e in entries:
+    for at, e in entries:
         seq += 1
         data = e.get("data") or {}
         content = content_digest(e["actor"], data)
@@ -131,13 +188,52 @@ def _append(
             }
         )
         head = digest
-    org.audit_seq, org.audit_head = seq, head
-    if bulk:
-        session.execute(insert(AuditEntry), rows)
-        return [AuditEntry(**r) for r in rows]
-    added = [AuditEntry(**r) for r in rows]
-    session.add_all(added)
-    return added
+    ids = session.scalars(
+        insert(AuditEntry).returning(AuditEntry.id, sort_by_parameter_order=True), rows
+    ).all()
+    session.execute(
+        update(Organization)
+        .where(Organization.id == organization_id)
+        .values(audit_seq=seq, audit_head=head)
+    )
+    return [AuditEntry(id=i, **r) for i, r in zip(ids, rows, strict=True)]
+
+
+@event.listens_for(Session, "before_commit")
+def _append_on_commit(session: Session) -> None:
+    if session.get_nested_transaction() is not None or not session.info.get(_PENDING):
+        return  # a savepoint's release: its entries wait for the real commit
+    session.flush()  # the rest of the transaction's writes first, outside the chain's lock
+    flush_pending(session)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: Any) -> None:
+    pending = session.info.get(_PENDING)
+    if not pending:
+        return
+
+    def inside(owner: Any) -> bool:
+        while owner is not None:
+            if owner is previous_transaction:
+                return True
+            owner = owner.parent
+        return False
+
+    pending[:] = [p for p in pending if not inside(p[0])]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_uncommitted(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # a session closed without committing: nothing is appended
+        session.info.pop(_PENDING, None)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _append_before_reading(state: Any) -> None:
+    # Whoever reads or changes the audit log in this session sees its queued entries.
+    if state.session.info.get(_PENDING) and any(m.class_ is AuditEntry for m in state.all_mappers):
+        flush_pending(state.session)
 
 
 def redact(
@@ -156,12 +252,15 @@ def redact(
 
     ``data`` must say what was done without repeating what was removed.
     """
-    org = session.execute(
-        select(Organization)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)
-    ).scalar_one()
-    erasure_seq = org.audit_seq + 1
+    flush_pending(session)
+    erasure_seq = (
+        1
+        + session.execute(
+            select(Organization.audit_seq)
+            .where(Organization.id == organization_id)
+            .with_for_update(key_share=True)
+        ).scalar_one()
+    )
     ids = sorted(set(entry_ids))
     erased = 0
     for start in range(0, len(ids), 500):
@@ -175,7 +274,7 @@ def redact(
             .values(actor=ERASED_ACTOR, data=ERASED_DATA, redacted_by=erasure_seq)
             .execution_options(synchronize_session=False)
         ).rowcount
-    entry = record(
+    entry = record_now(
         session,
         organization_id,
         actor=actor,
@@ -224,6 +323,7 @@ def verify(session: Session, organization_id: int) -> ChainCheck:
     head the organization row records (``audit_seq``, ``audit_head``, written in the same
     transaction as every append), so removing the newest entries is caught too.
     """
+    flush_pending(session)
     org = session.get(Organization, organization_id)
     assert org is not None
     prev, expected, count = "0" * 64, 1, 0

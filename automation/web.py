@@ -349,7 +349,7 @@ def _unknown_google_channel(
     if session.scalar(select(Task.id).where(Task.organization_id == org_id, Task.key == key)):
         return Accepted("unknown-channel")
     now = rt.now()
-    entry = audit.record(
+    entry = audit.record_now(
         session,
         org_id,
         actor="webhook:google",

@@ -918,7 +918,7 @@ def release(
             )
             if person is None:
                 raise ReleaseRefused(f"nobody with the address {attribute_to} is on record")
-        entry = audit.record(
+        entry = audit.record_now(
             session,
             org,
             actor=operator,
