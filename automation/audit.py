@@ -26,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import event, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from automation.models import AuditEntry, Organization
@@ -161,11 +161,30 @@ def flush_pending(session: Session) -> list[AuditEntry]:
 def _append(
     session: Session, organization_id: int, entries: list[tuple[dt.datetime, dict[str, Any]]]
 ) -> list[AuditEntry]:
+    if session.get_bind().dialect.name == "postgresql":
+        return _append_postgres(session, organization_id, entries)
+    # SQLite has one writer: the transaction holds the database from its first write.
     seq, head = session.execute(
-        select(Organization.audit_seq, Organization.audit_head)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)
+        select(Organization.audit_seq, Organization.audit_head).where(
+            Organization.id == organization_id
+        )
     ).one()
+    rows = _chain(organization_id, seq, head, entries)
+    ids = session.scalars(
+        insert(AuditEntry).returning(AuditEntry.id, sort_by_parameter_order=True), rows
+    ).all()
+    session.execute(
+        update(Organization)
+        .where(Organization.id == organization_id)
+        .values(audit_seq=rows[-1]["seq"], audit_head=rows[-1]["hash"])
+    )
+    return [AuditEntry(id=i, **r) for i, r in zip(ids, rows, strict=True)]
+
+
+def _chain(
+    organization_id: int, seq: int, head: str, entries: list[tuple[dt.datetime, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The rows of ``entries`` chained onto the entry ``seq`` whose hash is ``head``."""
     rows: list[dict[str, Any]] = []
     for at, e in entries:
         seq += 1
@@ -188,15 +207,73 @@ def _append(
             }
         )
         head = digest
-    ids = session.scalars(
-        insert(AuditEntry).returning(AuditEntry.id, sort_by_parameter_order=True), rows
-    ).all()
-    session.execute(
-        update(Organization)
-        .where(Organization.id == organization_id)
-        .values(audit_seq=seq, audit_head=head)
+    return rows
+
+
+# One statement moves the organization's head from the entry this transaction read to its
+# last new entry and inserts the entries, or, when another transaction moved the head first,
+# does neither. The row lock is taken by this UPDATE and held only for the COMMIT that follows:
+# two round trips, where SELECT ... FOR UPDATE, INSERT, UPDATE, COMMIT held it for four (and a
+# worker thread waits for the GIL between each, so every round trip held under the lock counts).
+_APPEND_IF_HEAD = text(
+    """
+    WITH moved AS (
+        UPDATE organizations SET audit_seq = :seq, audit_head = :head
+        WHERE id = :org AND audit_seq = :read_seq AND audit_head = :read_head
+        RETURNING id
     )
-    return [AuditEntry(id=i, **r) for i, r in zip(ids, rows, strict=True)]
+    INSERT INTO audit_log (organization_id, seq, at, actor, action, subject_kind, subject_id,
+                           data, prev_hash, hash, content_sha256)
+    SELECT moved.id, e.seq, e.at, e.actor, e.action, e.subject_kind, e.subject_id, e.data,
+           e.prev_hash, e.hash, e.content_sha256
+    FROM moved CROSS JOIN json_to_recordset(CAST(:entries AS json)) AS e(
+        seq bigint, at timestamp, actor text, action text, subject_kind text,
+        subject_id integer, data json, prev_hash text, hash text, content_sha256 text)
+    ORDER BY e.seq
+    RETURNING id, seq
+    """
+)
+
+
+def _append_postgres(
+    session: Session, organization_id: int, entries: list[tuple[dt.datetime, dict[str, Any]]]
+) -> list[AuditEntry]:
+    while True:
+        # READ COMMITTED: the head as last committed (or as this transaction moved it).
+        seq, head = session.execute(
+            select(Organization.audit_seq, Organization.audit_head).where(
+                Organization.id == organization_id
+            )
+        ).one()
+        rows = _chain(organization_id, seq, head, entries)
+        payload = json.dumps(
+            [
+                {**r, "at": r["at"].astimezone(dt.UTC).replace(tzinfo=None).isoformat()}
+                for r in rows
+            ],
+            default=str,
+        )
+        ids = dict(
+            (s, i)
+            for i, s in session.execute(
+                _APPEND_IF_HEAD,
+                {
+                    "org": organization_id,
+                    "read_seq": seq,
+                    "read_head": head,
+                    "seq": rows[-1]["seq"],
+                    "head": rows[-1]["hash"],
+                    "entries": payload,
+                },
+            )
+        )
+        if ids:
+            # The ORM's copy of the organization, if loaded, learns its new head.
+            for org in session.identity_map.values():
+                if isinstance(org, Organization) and org.id == organization_id:
+                    session.expire(org, ["audit_seq", "audit_head"])
+            return [AuditEntry(id=ids[r["seq"]], **r) for r in rows]
+        # Another transaction appended after our read and committed: chain onto its head.
 
 
 @event.listens_for(Session, "before_commit")

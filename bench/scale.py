@@ -1012,7 +1012,9 @@ def statement_label(sql: str) -> str:
     return f"{verb} {table.group(1) if table else '?'}{lock}"
 
 
-AUDIT_LOCK = "SELECT organizations FOR NO KEY UPDATE"
+# The audit chain's append (automation/audit.py): the UPDATE of the organization's head in
+# the statement that inserts the entries, labelled by its first table.
+AUDIT_LOCK = "WITH organizations"
 
 
 def _lock_share(result: WorldResult) -> tuple[float, Counter[str]]:
@@ -1063,7 +1065,7 @@ def bottleneck(results: dict[int, WorldResult]) -> str:
     if share2 >= 0.25:
         name = f"row lock: {top}"
         if top == AUDIT_LOCK:
-            name += " (the audit chain's per-organization lock, held to commit)"
+            name += " (the audit chain's head, an organization row locked from append to commit)"
     elif machine2 >= 0.9 * cores:
         name = f"CPU: the {cores} cores are busy" + (
             " (other load too)" if machine2 - ours2 > 0.2 * cores else ""

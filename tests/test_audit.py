@@ -133,6 +133,19 @@ def test_the_organization_row_is_free_until_the_commit_and_concurrent_commits_ch
         note(a, org_id, "a2")
         b.commit()
         a.commit()
+    # b reads the head, then waits for the row a moved; a commits: b's append finds the head
+    # moved and chains onto a's entry instead of forking the chain.
+    with rt.factory() as a, rt.factory() as b:
+        note(a, org_id, "a3")
+        audit.flush_pending(a)  # a holds the organization row now
+        note(b, org_id, "b2")
+        b_done = threading.Event()
+        waiter = threading.Thread(target=lambda: (b.commit(), b_done.set()))
+        waiter.start()
+        assert not b_done.wait(0.5)  # blocked behind a's row lock
+        a.commit()
+        waiter.join(10)
+        assert b_done.is_set()
     # Many threads auditing at once: every entry once, the chain whole.
     errors: list[BaseException] = []
 
@@ -151,8 +164,8 @@ def test_the_organization_row_is_free_until_the_commit_and_concurrent_commits_ch
         t.join()
     assert errors == []
     done = actions(rt, org_id)
-    assert done[:3] == ["b1", "a1", "a2"]
-    assert sorted(done[3:]) == sorted(f"w{n}.{i}" for n in range(4) for i in range(5))
+    assert done[:5] == ["b1", "a1", "a2", "a3", "b2"]
+    assert sorted(done[5:]) == sorted(f"w{n}.{i}" for n in range(4) for i in range(5))
     with rt.factory() as session:
         seqs = session.scalars(
             select(AuditEntry.seq).where(AuditEntry.organization_id == org_id)
