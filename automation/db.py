@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, or_, select, text, update
+from sqlalchemy import Engine, bindparam, create_engine, event, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -133,6 +134,24 @@ def dialect_insert(session: Session, table: Any) -> Any:
     return sqlite_insert(table)
 
 
+def insert_new_id(
+    session: Session, model: Any, values: dict[str, Any], unique: tuple[str, ...]
+) -> int | None:
+    """``INSERT ... ON CONFLICT (unique) DO NOTHING RETURNING id``: the new row's id, or None
+    when a row with the same ``unique`` key exists. The statement is built once per table and
+    dialect and runs as Core (no ORM bulk-insert machinery, no autoflush): on the hot paths
+    (every task and every outgoing email) building and executing it through the ORM cost more
+    than the round trip."""
+    stmt = _insert_ignoring(session.get_bind().dialect.name, model.__table__, unique)
+    return session.execute(stmt, values).scalar()
+
+
+@functools.cache
+def _insert_ignoring(dialect: str, table: Any, unique: tuple[str, ...]) -> Any:
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return insert(table).on_conflict_do_nothing(index_elements=list(unique)).returning(table.c.id)
+
+
 def due_task_ids(session: Session, now: dt.datetime, limit: int = 500) -> list[int]:
     """Ids of tasks that are due, or whose lease ran out, oldest first.
 
@@ -170,8 +189,17 @@ def claim_task(session: Session, task_id: int, now: dt.datetime, lease_seconds: 
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SET LOCAL synchronous_commit TO OFF"))
     return session.scalars(
+        _claim_statement(), {"task_id": task_id, "now": now, "lease_until": lease_until}
+    ).one_or_none()
+
+
+@functools.cache
+def _claim_statement() -> Any:
+    # Built once: every task run claims, and building the statement cost as much as running it.
+    now = bindparam("now")
+    return (
         update(Task)
-        .where(Task.id == task_id)
+        .where(Task.id == bindparam("task_id"))
         .where(
             or_(
                 (Task.state == TaskState.PENDING) & (Task.due_at <= now),
@@ -180,10 +208,10 @@ def claim_task(session: Session, task_id: int, now: dt.datetime, lease_seconds: 
         )
         .values(
             state=TaskState.LEASED,
-            lease_until=lease_until,
+            lease_until=bindparam("lease_until"),
             attempts=Task.attempts + 1,
             updated_at=now,
         )
         .returning(Task)
         .execution_options(synchronize_session=False, populate_existing=True)
-    ).one_or_none()
+    )

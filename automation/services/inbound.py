@@ -41,8 +41,8 @@ from email.message import Message
 from email.parser import HeaderParser
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, insert, or_, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from automation import audit
 from automation.db import dialect_insert, transaction
@@ -719,7 +719,9 @@ def _ingest(rt: Runtime, session: Session, task: Task) -> str:
         return _acknowledge(rt, session, message, parsed, token, sender)
     if token.kind == "agenda":
         return _agenda_reply(rt, session, message, parsed, token, sender)
-    subject = load_subject(session, message.organization_id, token.kind, token.subject_id)
+    # The message's columns set above are written with its outcome, in one UPDATE.
+    with session.no_autoflush:
+        subject = load_subject(session, message.organization_id, token.kind, token.subject_id)
     if subject is None:
         return _quarantine(session, rt, message, f"the {token.kind} this reply names is gone")
     participants = {
@@ -763,7 +765,8 @@ def _ingest(rt: Runtime, session: Session, task: Task) -> str:
             f"{'check-in' if token.kind == 'occurrence' else 'PIP review'}",
         )
     if token.kind == "occurrence":
-        ctx = load_checkin(session, message.organization_id, token.subject_id)
+        with session.no_autoflush:
+            ctx = load_checkin(session, message.organization_id, token.subject_id)
         assert ctx is not None
         questions = list(ctx.cadence.questions)
     else:
@@ -777,6 +780,11 @@ def _ingest(rt: Runtime, session: Session, task: Task) -> str:
     # sender's offset; without one, the author's configured zone stands in.
     sent_at = parsed.date or rt.now().astimezone(zone(author.timezone))
     extraction = extract(parsed.text, questions, sent_at, parsed.from_name)
+    # Recorded: set before the record is written so that one flush writes both.
+    message.state = InboundState.RECORDED
+    message.quarantine_reason = None
+    message.processed_at = rt.now()
+    _link(message, token)
     record, documentation = _record(
         rt,
         session,
@@ -795,10 +803,6 @@ def _ingest(rt: Runtime, session: Session, task: Task) -> str:
         applied += _agenda_items(
             rt, session, message, token, extraction, author, subject.employee, record.id
         )
-    message.state = InboundState.RECORDED
-    message.quarantine_reason = None
-    message.processed_at = rt.now()
-    _link(message, token)
     _confirm(
         rt,
         session,
@@ -963,32 +967,39 @@ def _record(
     """Store the record (a new version) and what it documents: a check-in is documented by
     any participant's record; a PIP milestone as :func:`pips.document_review` decides."""
     now = rt.now()
-    version = (
-        session.scalar(
-            select(func.max(ConversationRecord.version)).where(
-                ConversationRecord.organization_id == message.organization_id,
-                ConversationRecord.subject_kind == token.kind,
-                ConversationRecord.subject_id == token.subject_id,
-            )
+    # The next version number is computed by the INSERT itself (one round trip, not two);
+    # the unique (subject, version) key stops two concurrent replies taking the same one.
+    next_version = (
+        select(func.coalesce(func.max(ConversationRecord.version), 0) + 1)
+        .where(
+            ConversationRecord.organization_id == message.organization_id,
+            ConversationRecord.subject_kind == token.kind,
+            ConversationRecord.subject_id == token.subject_id,
         )
-        or 0
-    ) + 1
-    record = ConversationRecord(
-        organization_id=message.organization_id,
-        subject_kind=token.kind,
-        subject_id=token.subject_id,
-        version=version,
-        source_message_id=message.id,
-        author_id=author.id,
-        body=extraction.body,
-        answers={str(k): v for k, v in sorted(extraction.answers.items())},
-        rating=extraction.rating,
-        notes=extraction.notes,
-        commands=[{"name": c.name, "argument": c.argument} for c in extraction.commands],
-        created_at=now,
+        .scalar_subquery()
     )
+    values = {
+        "organization_id": message.organization_id,
+        "subject_kind": token.kind,
+        "subject_id": token.subject_id,
+        "source_message_id": message.id,
+        "author_id": author.id,
+        "body": extraction.body,
+        "answers": {str(k): v for k, v in sorted(extraction.answers.items())},
+        "rating": extraction.rating,
+        "notes": extraction.notes,
+        "commands": [{"name": c.name, "argument": c.argument} for c in extraction.commands],
+        "created_at": now,
+        "erased_at": None,
+    }
+    table = ConversationRecord.__table__
+    record_id, version = session.execute(
+        insert(table).values(version=next_version).returning(table.c.id, table.c.version),
+        values,
+    ).one()
+    record = ConversationRecord(id=record_id, version=version, **values)
+    make_transient_to_detached(record)
     session.add(record)
-    session.flush()
     first_names = {
         manager.name.split()[0].lower(): manager.id,
         employee.name.split()[0].lower(): employee.id,

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session, aliased, make_transient_to_detached
 
 from automation import audit
-from automation.db import dialect_insert
+from automation.db import insert_new_id
 from automation.domain.cadence import Cadence, zone
 from automation.domain.tokens import ReplyToken, reply_address
 from automation.emails import build_message, make_message_id, render
@@ -121,12 +121,7 @@ def queue_email(
     # Once per key: an INSERT that does nothing when the key exists (then the existing row
     # is returned) costs one statement, where a SELECT first would cost two. The rendering
     # is wasted only when the key exists, which a task's re-run after a commit rarely meets.
-    new_id = session.execute(
-        dialect_insert(session, OutboundMessage)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["organization_id", "idempotency_key"])
-        .returning(OutboundMessage.id)
-    ).scalar()
+    new_id = insert_new_id(session, OutboundMessage, values, ("organization_id", "idempotency_key"))
     if new_id is None:
         return session.scalars(
             select(OutboundMessage).where(

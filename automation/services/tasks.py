@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from automation import observability
-from automation.db import claim_task, dialect_insert, transaction
+from automation.db import claim_task, dialect_insert, insert_new_id, transaction
 from automation.errors import PermanentProviderError, QuotaExhausted
 from automation.models import Task, TaskState
 from automation.runtime import Runtime
@@ -68,12 +68,7 @@ def create_task(
         "created_at": now,
         "updated_at": now,
     }
-    new_id = session.execute(
-        dialect_insert(session, Task)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["organization_id", "key"])
-        .returning(Task.id)
-    ).scalar()
+    new_id = insert_new_id(session, Task, values, ("organization_id", "key"))
     if new_id is None:  # it exists (earlier, or another worker just now)
         return session.scalars(
             select(Task).where(Task.organization_id == organization_id, Task.key == key)
