@@ -6,9 +6,11 @@ for every reply, reminders and escalations) and runs it through Redis
 (``AUTOMATION_BENCH_BROKER_URL`` to use another broker) with one `automation worker` of 2
 processes with 4 threads each, and counts at the fakes and in the database:
 
-- ``faults.kill9``: 60 employees under 6 managers (67 series, about 130 check-ins), the
-  worker's process group killed with SIGKILL 20 times at seeded random moments and restarted
-  each time; local calendar files and the Maildir outbox.
+- ``faults.kill9``: the issue's full form, 456 employees under 45 managers (502 series, about
+  1,000 check-ins with 1,000 replies), the worker's process group killed with SIGKILL 20 times
+  at seeded random moments and restarted each time; local calendar files and the Maildir
+  outbox. About a quarter of an hour on a 2-core machine (measured: 992 check-ins and
+  replies, 5,428 emails, 12,847 tasks, 7,412 items exactly once in 901 s at 450 employees).
 - ``faults.providers``: 60 employees, series to the Google Calendar fake behind a proxy that
   answers 30% of the API requests with 429/503 and loses the answer of 10% more after the
   write; email over SMTP to aiosmtpd answering 20% of the transactions with 421 or 451 and
@@ -18,11 +20,9 @@ processes with 4 threads each, and counts at the fakes and in the database:
   terminated every 1 to 3 seconds for 60 seconds, and 3 kills.
 
 ``--scale`` multiplies the organisations (and below 1 the kills and durations; at least 4
-employees and 1 kill). The issue's full form, 1,000 check-ins with 1,000 replies and 20
-kills, is ``--only faults.kill9 --scale 7.6`` (456 employees under 45 managers, 502 series).
-It takes about a quarter of an hour on a 2-core machine (``--scale 7.5``, measured: 992
-check-ins and replies, 5,428 emails, 12,847 tasks, 7,412 items exactly once, 901 s), so
-the default sizes are the ones that run in a few minutes (2 to 4 each, 8 for the three).
+employees and 1 kill): ``--only faults.kill9 --scale 0.15`` is a run of a few minutes (68
+employees under 6 managers, about 140 check-ins, 3 kills). The other two take a few minutes
+at 1.
 
 Value: items that happened exactly once (sent emails at the fake once, series once in each
 calendar they belong to, replies recorded once with one confirmation); baseline: items
@@ -53,7 +53,8 @@ BROKER_URL = os.environ.get(
     "AUTOMATION_BENCH_BROKER_URL",
     os.environ.get("AUTOMATION_TEST_REDIS_URL", "redis://localhost:6379/15"),
 )
-EMPLOYEES, MANAGERS, KILLS = 60, 6, 20
+KILL9_EMPLOYEES, KILL9_MANAGERS = 456, 45  # 502 series: about 1,000 check-ins and replies
+MANAGERS, KILLS = 6, 20
 PROCESSES, THREADS = 2, 4  # one `automation worker` of 2 processes with 4 threads each
 PROVIDER_EMPLOYEES, PROVIDER_KILLS = 60, 5
 DBDROP_EMPLOYEES, DBDROP_KILLS, DROP_SECONDS = 60, 3, 60.0
@@ -78,6 +79,11 @@ def _unreachable() -> str | None:
 
 def _size(full: int, scale: float, least: int) -> int:
     return max(int(full * scale), least)
+
+
+def _drain_timeout(employees: int) -> float:
+    """Seconds to wait for the last task: 300 for 60 employees, in proportion above."""
+    return 300 * max(employees / 60, 1.0)
 
 
 def run(result_type: type, name: str, folder: Path, config: Any, why: str | None = None) -> Any:
@@ -121,13 +127,13 @@ def kill9(result_type: type, scale: float, folder: Path) -> list[Any]:
     from tests.faults import FaultConfig
 
     config = FaultConfig(
-        employees=_size(EMPLOYEES, scale, 8),
-        managers=_size(MANAGERS, scale, 2),
+        employees=_size(KILL9_EMPLOYEES, scale, 8),
+        managers=_size(KILL9_MANAGERS, scale, 2),
         kills=min(_size(KILLS, scale, 1), KILLS),  # the issue's 20, at any larger size
         seed=20,
         processes=PROCESSES,
         threads=THREADS,
-        drain_timeout=300 * max(scale, 1.0),
+        drain_timeout=_drain_timeout(_size(KILL9_EMPLOYEES, scale, 8)),
     )
     return [run(result_type, "faults.kill9", folder, config)]
 
@@ -143,7 +149,7 @@ def providers(result_type: type, scale: float, folder: Path) -> list[Any]:
         seed=21,
         processes=PROCESSES,
         threads=THREADS,
-        drain_timeout=300 * max(scale, 1.0),
+        drain_timeout=_drain_timeout(_size(PROVIDER_EMPLOYEES, scale, 4)),
         calendar="google",
         mail="smtp",
         provider_fault_ratio=0.3,
@@ -166,7 +172,7 @@ def dbdrop(result_type: type, scale: float, folder: Path) -> list[Any]:
         seed=22,
         processes=PROCESSES,
         threads=THREADS,
-        drain_timeout=300 * max(scale, 1.0),
+        drain_timeout=_drain_timeout(_size(DBDROP_EMPLOYEES, scale, 4)),
         db_drop_every=(1.0, 3.0),
         run_seconds=max(min(DROP_SECONDS * scale, DROP_SECONDS), 3.0),
     )

@@ -78,6 +78,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
+from tests.faults import ZONES  # the fault runs' six zones (both hemispheres' DST changes)
+
 POSTGRES_URL = os.environ.get(
     "AUTOMATION_BENCH_POSTGRES_URL",
     os.environ.get(
@@ -94,14 +96,6 @@ FANOUT = 8  # reports per manager
 LEASE_SECONDS = 900
 ORG = "scale"
 SECRET = "scale-secret"
-ZONES = (
-    "Europe/London",
-    "America/New_York",
-    "Europe/Berlin",
-    "Asia/Tokyo",
-    "America/Los_Angeles",
-    "Australia/Sydney",
-)
 PHASES = ("plan", "agendas", "replies")
 APP = "bench_scale"  # application_name prefix of every connection of a world
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
