@@ -413,6 +413,8 @@ class OutboundMessage(OrgScoped, Base):
         UniqueConstraint("organization_id", "id"),
         UniqueConstraint("organization_id", "idempotency_key"),
         UniqueConstraint("message_id"),
+        # Our email by Message-ID: ``message_id`` or the one the transport sent it under.
+        Index("ix_outbound_messages_sent_message_id", "sent_message_id"),
         org_fk("occurrence_id", "occurrences"),
         org_fk("pip_review_id", "pip_reviews"),
     )

@@ -113,3 +113,75 @@ def test_only_one_of_many_concurrent_claims_wins(factory):
         assert claim_task(session, task_id, NOW + dt.timedelta(seconds=59), 60) is None
         again = claim_task(session, task_id, NOW + dt.timedelta(seconds=61), 60)
         assert again is not None and again.attempts == 2
+
+
+def test_finding_our_email_by_message_id_reads_indexes_not_the_outbox(factory):
+    """``outgoing`` (the thread a reminder or confirmation joins) and the prompt lookup ask
+    for ``message_id`` or ``sent_message_id``: both must be indexed, or every send reads the
+    organization's whole outbox (found at 10,000 people by bench/scale.py)."""
+    from sqlalchemy import event, insert, select, text
+
+    from automation.models import OutboundMessage
+    from automation.services.messages import outgoing
+
+    engine = factory.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite without statistics plans by the organization index either way")
+    with transaction(factory) as session:
+        org_id, _person = _org_with_person(session, "acme")
+    seen: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "provider_thread" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with factory() as session:
+            message = OutboundMessage(
+                organization_id=org_id,
+                idempotency_key="k",
+                kind="confirmation",
+                message_id="<c@x>",
+                recipients=["p@acme.test"],
+                subject="Re: x",
+                raw=b"In-Reply-To: <r@x>\r\nSubject: Re: x\r\n\r\nbody\r\n",
+                created_at=NOW,
+            )
+            session.add(message)
+            session.execute(  # an outbox of some size, and its statistics, for the planner
+                insert(OutboundMessage),
+                [
+                    {
+                        "organization_id": org_id,
+                        "idempotency_key": f"k{n}",
+                        "kind": "agenda",
+                        "message_id": f"<m{n}@x>",
+                        "recipients": [],
+                        "subject": "s",
+                        "raw": b"",
+                        "created_at": NOW,
+                    }
+                    for n in range(3000)
+                ],
+            )
+            session.execute(text("ANALYZE outbound_messages"))
+
+            class Rt:  # outgoing() reads only the sender address from the runtime
+                class settings:
+                    mail_from = "Check-ins <checkins@acme.test>"
+
+            outgoing(Rt, session, message)  # type: ignore[arg-type]
+            assert session.scalar(select(OutboundMessage.id)) == message.id
+            statement, parameters = seen[-1]
+            raw = session.connection().connection.driver_connection
+            cursor = raw.cursor()
+            cursor.execute("SET LOCAL enable_seqscan = off")  # an index if there is one
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Seq Scan" not in plan, plan
+            assert "uq_outbound_messages_message_id" in plan, plan
+            assert "ix_outbound_messages_sent_message_id" in plan, plan
+            session.rollback()
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
