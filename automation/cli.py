@@ -1408,15 +1408,6 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _report_date(text: str):  # type: ignore[no-untyped-def]
-    import datetime as dt
-
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
 def cmd_report_consistency(args: argparse.Namespace) -> int:
     """Per manager and team: completion, documentation delay, overdue items, PIPs."""
     import datetime as dt
@@ -1848,10 +1839,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(consistency.html and consistency.csv)",
     )
     p.add_argument("--out", default="report-out", help="folder to write into (default: report-out)")
-    p.add_argument(
-        "--from", dest="date_from", type=_report_date, help="first day (UTC), YYYY-MM-DD"
-    )
-    p.add_argument("--to", dest="date_to", type=_report_date, help="last day (UTC), inclusive")
+    p.add_argument("--from", dest="date_from", type=_date_arg, help="first day (UTC), YYYY-MM-DD")
+    p.add_argument("--to", dest="date_to", type=_date_arg, help="last day (UTC), inclusive")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_report_consistency)
     return parser
