@@ -1473,6 +1473,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
+        "completion",
+        help='print shell completion code: eval "$(automation completion bash)"',
+    )
+    p.add_argument("shell", nargs="?", default="bash", choices=["bash", "zsh", "fish", "tcsh"])
+    p.set_defaults(func=cmd_completion)
+
+    p = sub.add_parser(
         "run",
         help="run the service: the tick, the web app (webhooks), and workers on the embedded "
         "set-up",
@@ -1846,8 +1853,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the shell code that completes `automation` commands and options."""
+    import argcomplete
+
+    print(argcomplete.shellcode(["automation"], shell=args.shell), end="")
+    return EX_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

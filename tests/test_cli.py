@@ -272,3 +272,30 @@ def test_inbox_quarantine_list_and_show_in_a_real_process(env):
     assert raw.stdout == garbage
     nothing = automation("inbox", "quarantine", "show", "999", env=env)
     assert nothing.returncode == 65 and b"no inbound message 999" in nothing.stderr
+
+
+def completions(line: str, env: dict[str, str], tmp_path: Path) -> list[str]:
+    """What the shell would offer after ``line`` (argcomplete's protocol, as its shell code
+    calls it: the line and cursor in the environment, the answer in a file)."""
+    out = tmp_path / "completions"
+    ask = {
+        **env,
+        "_ARGCOMPLETE": "1",
+        "_ARGCOMPLETE_IFS": "\n",
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
+    }
+    result = automation(env=ask)
+    assert result.returncode == 0, result.stderr.decode()
+    return out.read_text().split()
+
+
+def test_the_shell_completes_commands_subcommands_and_options(env, tmp_path):
+    assert completions("automation pe", env, tmp_path) == ["people"]
+    assert set(completions("automation people ", env, tmp_path)) >= {"import", "mail-ok"}
+    assert "--weeks" in completions("automation demo --w", env, tmp_path)
+    assert completions("automation completion z", env, tmp_path) == ["zsh"]
+    script = automation("completion", "bash", env=env)
+    assert script.returncode == 0
+    assert b"complete " in script.stdout and b"automation" in script.stdout
