@@ -1472,6 +1472,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object of counts")
     p.set_defaults(func=cmd_demo)
 
+    console = sub.add_parser("console", help="the HR console").add_subparsers(
+        dest="sub", required=True
+    )
+    account = console.add_parser("account", help="who may sign in").add_subparsers(
+        dest="action", required=True
+    )
+    p = account.add_parser("add", help="a local account (password asked on the terminal)")
+    p.add_argument("email")
+    p.add_argument("--role", required=True, choices=["hr_admin", "hr_partner", "manager"])
+    p.add_argument("--name", help="shown in the console (default: the address)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    how.add_argument("--no-password", action="store_true", help="OpenID Connect sign-in only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_console_account_add)
+    p = account.add_parser("list", help="every account: role, state, last sign-in")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_console_account_list)
+    for name, active in (("disable", False), ("enable", True)):
+        ends = "" if active else "; ends its sessions"
+        p = account.add_parser(name, help=f"{name} an account{ends}")
+        p.add_argument("email")
+        p.set_defaults(func=cmd_console_account_active, active=active)
+
     p = sub.add_parser(
         "completion",
         help='print shell completion code: eval "$(automation completion bash)"',
@@ -1851,6 +1875,88 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_report_consistency)
     return parser
+
+
+def _console_password(args: argparse.Namespace) -> str | None:
+    """The new account's password: from standard input with --password-stdin (scripts), else
+    asked twice on the terminal; None for an account that will sign in with OpenID Connect."""
+    import getpass
+
+    if args.no_password:
+        return None
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password for the console: ")
+    if getpass.getpass("again: ") != first:
+        raise AutomationError("the two passwords differ; nothing was created")
+    return first
+
+
+def cmd_console_account_add(args: argparse.Namespace) -> int:
+    from automation.services.accounts import AccountError, create_account
+
+    password = _console_password(args)
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        account = create_account(
+            session, org, email=args.email, name=args.name or "", role=args.role,
+            now=rt.now(), actor=actor, password=password,
+        )  # fmt: skip
+        return {"id": account.id, "email": account.email, "role": account.role}
+
+    created = _operator_call(args, action, AccountError)
+    if created is None:
+        return EX_DATAERR
+    print(json.dumps(created) if args.json else f"created {created['role']} {created['email']}")
+    return EX_OK
+
+
+def cmd_console_account_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from automation.models import ConsoleAccount
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        return [
+            {
+                "email": a.email,
+                "name": a.name,
+                "role": a.role,
+                "active": a.active,
+                "sign_in": "password" if a.password_hash else "openid" if a.oidc_subject else "-",
+                "last_sign_in_at": a.last_sign_in_at.isoformat() if a.last_sign_in_at else None,
+            }
+            for a in session.scalars(
+                select(ConsoleAccount)
+                .where(ConsoleAccount.organization_id == org)
+                .order_by(ConsoleAccount.email)
+            )
+        ]
+
+    rows = _operator_call(args, action, AutomationError) or []
+    if args.json:
+        print(json.dumps(rows))
+        return EX_OK
+    for r in rows:
+        state = "active" if r["active"] else "disabled"
+        print(
+            f"{r['email']:<36} {r['role']:<11} {state:<9} {r['sign_in']:<9} "
+            f"{r['last_sign_in_at'] or 'never signed in'}"
+        )
+    return EX_OK
+
+
+def cmd_console_account_active(args: argparse.Namespace) -> int:
+    from automation.services.accounts import AccountError, set_active
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        return set_active(session, org, args.email, args.active, rt.now(), actor).email
+
+    email = _operator_call(args, action, AccountError)
+    if email is None:
+        return EX_DATAERR
+    print(f"{'enabled' if args.active else 'disabled (its sessions ended)'}: {email}")
+    return EX_OK
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

@@ -592,6 +592,50 @@ class AuditEntry(OrgScoped, Base):
     redacted_by: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class ConsoleAccount(OrgScoped, Base):
+    """Someone who may sign in to the HR console: an HR admin, an HR partner or a manager
+    (who sees only their reporting chain, through ``person_id``). Local accounts carry a
+    scrypt ``password_hash``; OpenID Connect accounts an issuer and subject instead."""
+
+    __tablename__ = "console_accounts"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("organization_id", "email"),
+        org_fk("person_id", "people"),
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    person_id: Mapped[int | None]
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    oidc_issuer: Mapped[str | None] = mapped_column(String(300))
+    oidc_subject: Mapped[str | None] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime]
+    last_sign_in_at: Mapped[dt.datetime | None]
+
+
+class ConsoleSession(OrgScoped, Base):
+    """A signed-in browser. Only the token's SHA-256 is stored: a copy of the table signs
+    nobody in. ``csrf_token`` must come back with every change the browser asks for."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("token_sha256"),
+        org_fk("account_id", "console_accounts"),
+    )
+    account_id: Mapped[int]
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+    last_seen_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
+
+
 class LegalHold(OrgScoped, Base):
     """A legal hold on one person's data: while it is active nothing of theirs is erased,
     neither by a deletion request nor by the retention period."""

@@ -299,3 +299,28 @@ def test_the_shell_completes_commands_subcommands_and_options(env, tmp_path):
     script = automation("completion", "bash", env=env)
     assert script.returncode == 0
     assert b"complete " in script.stdout and b"automation" in script.stdout
+
+
+def test_console_accounts_from_the_command_line(env, tmp_path):
+    people = tmp_path / "people.csv"
+    people.write_text(
+        "email,name,timezone,manager_email,hr_partner_email\n"
+        "boss@x.test,Bea,UTC,,\nana@x.test,Ana,UTC,boss@x.test,\n"
+    )
+    assert automation("people", "import", str(people), env=env).returncode == 0
+    add = automation(
+        "console", "account", "add", "Boss@x.test", "--role", "manager", "--password-stdin",
+        "--json", env=env, stdin=b"a long enough password\n",
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr.decode()
+    assert json.loads(add.stdout)["email"] == "boss@x.test"
+    short = automation(
+        "console", "account", "add", "hr@x.test", "--role", "hr_admin", "--password-stdin",
+        env=env, stdin=b"short\n",
+    )  # fmt: skip
+    assert short.returncode == 65 and b"at least 12 characters" in short.stderr
+    assert automation("console", "account", "disable", "boss@x.test", env=env).returncode == 0
+    listed = json.loads(automation("console", "account", "list", "--json", env=env).stdout)
+    assert [(a["email"], a["role"], a["active"], a["sign_in"]) for a in listed] == [
+        ("boss@x.test", "manager", False, "password")
+    ]

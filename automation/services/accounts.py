@@ -1,0 +1,317 @@
+"""Who may sign in to the HR console, and the sessions of those who did.
+
+Local accounts (the embedded default) sign in with a password stored as a scrypt hash; the
+production path, OpenID Connect with Google or Microsoft, will set ``oidc_issuer`` and
+``oidc_subject`` instead. A session is a random token in an HttpOnly cookie; the database
+keeps only its SHA-256, so a copy of the table signs nobody in. Each session has its own CSRF
+token that every change must carry. Five wrong passwords lock an account for fifteen
+minutes; a refusal never says whether the address exists. Every account change, sign-in,
+refused sign-in and sign-out is in the audit log (never a password or a token).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from automation import audit
+from automation.errors import AutomationError
+from automation.models import ConsoleAccount, ConsoleSession, Person
+
+ROLES = ("hr_admin", "hr_partner", "manager")
+MIN_PASSWORD = 12
+MAX_FAILED_SIGN_INS = 5
+LOCKOUT = dt.timedelta(minutes=15)
+SESSION_LIFETIME = dt.timedelta(hours=12)
+SESSION_IDLE = dt.timedelta(hours=2)
+_SEEN_EVERY = dt.timedelta(minutes=1)  # last_seen_at is written at most once a minute
+
+# scrypt at n=2^14, r=8 (16 MiB, tens of milliseconds): OWASP's minimum for scrypt.
+_N, _R, _P, _DKLEN = 2**14, 8, 1, 32
+
+
+class AccountError(AutomationError):
+    """An account cannot be created or changed as asked; the message says why and the fix."""
+
+
+class SignInRefused(AutomationError):
+    """Wrong address or password, a locked or disabled account: the message is the same for
+    all, so that it tells nobody which addresses have accounts."""
+
+    def __init__(self) -> None:
+        super().__init__("the address or the password is wrong, or the account is locked")
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=_DKLEN)
+    return "$".join(["scrypt", str(_N), str(_R), str(_P), _b64(salt), _b64(key)])
+
+
+def verify_password(password: str, encoded: str | None) -> bool:
+    """Constant-time check of ``password`` against a :func:`hash_password` string."""
+    try:
+        scheme, n, r, p, salt, key = (encoded or "").split("$")
+        if scheme != "scrypt":
+            return False
+        expected = _unb64(key)
+        got = hashlib.scrypt(
+            password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@functools.cache
+def _nobody() -> str:
+    """A hash to check against when the address has no account, so that a refusal takes as
+    long whether or not the account exists."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_account(
+    session: Session,
+    organization_id: int,
+    *,
+    email: str,
+    name: str,
+    role: str,
+    now: dt.datetime,
+    actor: str,
+    password: str | None = None,
+) -> ConsoleAccount:
+    """A new local account. A manager's account is tied to the person with that address (their
+    reporting chain is what they will see); HR accounts may be tied to a person too."""
+    email = email.strip().lower()
+    if role not in ROLES:
+        raise AccountError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if "@" not in email:
+        raise AccountError(f"{email!r} is not an email address")
+    if password is not None and len(password) < MIN_PASSWORD:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD} characters")
+    existing = session.scalar(
+        select(ConsoleAccount.id).where(
+            ConsoleAccount.organization_id == organization_id, ConsoleAccount.email == email
+        )
+    )
+    if existing is not None:
+        raise AccountError(f"{email} already has an account")
+    person_id = session.scalar(
+        select(Person.id).where(Person.organization_id == organization_id, Person.email == email)
+    )
+    if role == "manager" and person_id is None:
+        raise AccountError(
+            f"{email} is not a person on record; a manager's account must be one "
+            "(fix: import them with the people CSV first)"
+        )
+    account = ConsoleAccount(
+        organization_id=organization_id,
+        email=email,
+        name=name.strip() or email,
+        role=role,
+        person_id=person_id,
+        password_hash=hash_password(password) if password is not None else None,
+        active=True,
+        failed_sign_ins=0,
+        created_at=now,
+    )
+    session.add(account)
+    session.flush()
+    audit.record(
+        session,
+        organization_id,
+        actor=actor,
+        action="console.account_created",
+        subject_kind="console_account",
+        subject_id=account.id,
+        at=now,
+        data={"email": email, "role": role, "local_password": password is not None},
+    )
+    return account
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    account: ConsoleAccount
+    token: str  # for the cookie; never stored
+    csrf_token: str
+    expires_at: dt.datetime
+
+
+def sign_in(
+    session: Session, organization_id: int, email: str, password: str, now: dt.datetime
+) -> SignedIn | None:
+    """Check a local password and open a session; None when refused. A refusal is recorded
+    (the failed-attempt count, the lock, the audit entry) in the caller's transaction, which
+    must commit it either way: raising inside the transaction would roll the count back and
+    no account would ever lock. Callers answer with :class:`SignInRefused`'s message."""
+    email = email.strip().lower()
+    account = session.scalar(
+        select(ConsoleAccount).where(
+            ConsoleAccount.organization_id == organization_id, ConsoleAccount.email == email
+        )
+    )
+    correct = verify_password(password, account.password_hash if account else _nobody())
+    usable = (
+        account is not None
+        and account.active
+        and account.password_hash is not None
+        and (account.locked_until is None or account.locked_until <= now)
+    )
+    if account is None or not usable or not correct:
+        if account is not None:
+            why = (
+                "disabled"
+                if not account.active
+                else "locked"
+                if account.locked_until and account.locked_until > now
+                else "no local password"
+                if account.password_hash is None
+                else "wrong password"
+            )
+            if why == "wrong password":
+                account.failed_sign_ins += 1
+                if account.failed_sign_ins >= MAX_FAILED_SIGN_INS:
+                    account.locked_until = now + LOCKOUT
+                    account.failed_sign_ins = 0
+                    why = "wrong password; locked"
+            audit.record(
+                session,
+                organization_id,
+                actor=email,
+                action="console.sign_in_refused",
+                subject_kind="console_account",
+                subject_id=account.id,
+                at=now,
+                data={"reason": why},
+            )
+        return None
+    account.failed_sign_ins = 0
+    account.locked_until = None
+    account.last_sign_in_at = now
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    expires = now + SESSION_LIFETIME
+    session.add(
+        ConsoleSession(
+            organization_id=organization_id,
+            account_id=account.id,
+            token_sha256=_token_hash(token),
+            csrf_token=csrf,
+            created_at=now,
+            expires_at=expires,
+            last_seen_at=now,
+        )
+    )
+    audit.record(
+        session,
+        organization_id,
+        actor=email,
+        action="console.signed_in",
+        subject_kind="console_account",
+        subject_id=account.id,
+        at=now,
+        data={"method": "password"},
+    )
+    return SignedIn(account, token, csrf, expires)
+
+
+def authenticate(
+    session: Session, token: str | None, now: dt.datetime
+) -> tuple[ConsoleAccount, ConsoleSession] | None:
+    """The account and session a cookie's token stands for, or None: unknown, revoked,
+    expired, idle for longer than :data:`SESSION_IDLE`, or the account disabled."""
+    if not token:
+        return None
+    row = session.scalar(
+        select(ConsoleSession).where(ConsoleSession.token_sha256 == _token_hash(token))
+    )
+    if (
+        row is None
+        or row.revoked_at is not None
+        or row.expires_at <= now
+        or row.last_seen_at + SESSION_IDLE <= now
+    ):
+        return None
+    account = session.get(ConsoleAccount, row.account_id)
+    if account is None or not account.active or account.organization_id != row.organization_id:
+        return None
+    if now - row.last_seen_at >= _SEEN_EVERY:
+        row.last_seen_at = now
+    return account, row
+
+
+def csrf_ok(row: ConsoleSession, presented: str | None) -> bool:
+    return bool(presented) and hmac.compare_digest(row.csrf_token, presented or "")
+
+
+def sign_out(session: Session, token: str | None, now: dt.datetime) -> bool:
+    found = authenticate(session, token, now)
+    if found is None:
+        return False
+    account, row = found
+    row.revoked_at = now
+    audit.record(
+        session,
+        row.organization_id,
+        actor=account.email,
+        action="console.signed_out",
+        subject_kind="console_account",
+        subject_id=account.id,
+        at=now,
+    )
+    return True
+
+
+def set_active(
+    session: Session, organization_id: int, email: str, active: bool, now: dt.datetime, actor: str
+) -> ConsoleAccount:
+    """Disable (or enable again) an account; disabling ends its sessions."""
+    account = session.scalar(
+        select(ConsoleAccount).where(
+            ConsoleAccount.organization_id == organization_id,
+            ConsoleAccount.email == email.strip().lower(),
+        )
+    )
+    if account is None:
+        raise AccountError(f"{email} has no console account")
+    account.active = active
+    if not active:
+        for row in session.scalars(
+            select(ConsoleSession).where(
+                ConsoleSession.organization_id == organization_id,
+                ConsoleSession.account_id == account.id,
+                ConsoleSession.revoked_at.is_(None),
+            )
+        ):
+            row.revoked_at = now
+    audit.record(
+        session,
+        organization_id,
+        actor=actor,
+        action="console.account_enabled" if active else "console.account_disabled",
+        subject_kind="console_account",
+        subject_id=account.id,
+        at=now,
+    )
+    return account
