@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from sqlalchemy import select, text
@@ -141,3 +142,25 @@ def test_five_wrong_passwords_lock_the_account_and_refusals_all_read_the_same(rt
         ]
         assert audit.verify(session, org).intact
     assert reasons == ["wrong password"] * 4 + ["wrong password; locked", "locked"]
+
+
+def test_a_deletion_request_erases_the_persons_console_account_and_ends_its_sessions(rt, org):
+    from automation.services.privacy import erase_person, find_person
+
+    signed = sign_in(rt, org, "boss@acme.test", PASSWORD, T0)
+    with transaction(rt.factory) as session:
+        boss = find_person(session, org, "boss@acme.test")
+        removed = erase_person(session, boss, T0, actor="hr@acme.test", request_id=None)
+    assert removed["console_accounts"] == 1
+    assert who(rt, signed.token, T0) is None
+    with pytest.raises(SignInRefused):
+        sign_in(rt, org, "boss@acme.test", PASSWORD, T0)
+    with rt.factory() as session:
+        dump = " ".join(
+            str(v)
+            for table in ("console_accounts", "audit_log")
+            for r in session.execute(text(f"SELECT * FROM {table}"))
+            for v in r
+        ).lower()
+        assert audit.verify(session, org).intact
+    assert re.findall(r"boss@acme\.test|\bbea\b", dump) == []

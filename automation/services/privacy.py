@@ -37,6 +37,8 @@ from automation.models import (
     AgendaTopic,
     AuditEntry,
     CheckinSeries,
+    ConsoleAccount,
+    ConsoleSession,
     ConversationRecord,
     CorrectiveAction,
     DevelopmentItem,
@@ -569,6 +571,32 @@ def erase_person(
             task.state, task.result, task.updated_at = TaskState.DONE, "erased", now
             cancelled += 1
     removed["pending_tasks"] = cancelled
+    # Their console account (tied to them, or under their address) goes with its sessions.
+    removed["console_accounts"] = 0
+    for account in session.scalars(
+        select(ConsoleAccount).where(
+            ConsoleAccount.organization_id == org,
+            or_(
+                ConsoleAccount.person_id == person.id,
+                ConsoleAccount.email == person.email.lower(),
+            ),
+        )
+    ):
+        account.email = f"erased-account-{account.id}@invalid"
+        account.name = ERASED_NAME
+        account.password_hash = account.oidc_issuer = account.oidc_subject = None
+        account.active = False
+        session.execute(
+            update(ConsoleSession)
+            .where(
+                ConsoleSession.organization_id == org,
+                ConsoleSession.account_id == account.id,
+                ConsoleSession.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        removed["console_accounts"] += 1
 
     entries = _audit_entries_about(session, person, about)
     person.name = ERASED_NAME
