@@ -801,6 +801,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         await run_in_threadpool(_enqueue, rt, ids)
         return JSONResponse({"queued": len(ids)}, status_code=200)
 
+    from automation.console import add_console
+
+    add_console(app, get_runtime)
     return app
 
 
