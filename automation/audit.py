@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import event, insert, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from automation.models import AuditEntry, Organization
 
@@ -164,12 +165,7 @@ def _append(
     if session.get_bind().dialect.name == "postgresql":
         return _append_postgres(session, organization_id, entries)
     # SQLite has one writer: the transaction holds the database from its first write.
-    seq, head = session.execute(
-        select(Organization.audit_seq, Organization.audit_head).where(
-            Organization.id == organization_id
-        )
-    ).one()
-    rows = _chain(organization_id, seq, head, entries)
+    rows = _chain(organization_id, *_head(session, organization_id), entries)
     ids = session.scalars(
         insert(AuditEntry).returning(AuditEntry.id, sort_by_parameter_order=True), rows
     ).all()
@@ -179,6 +175,15 @@ def _append(
         .values(audit_seq=rows[-1]["seq"], audit_head=rows[-1]["hash"])
     )
     return [AuditEntry(id=i, **r) for i, r in zip(ids, rows, strict=True)]
+
+
+def _head(session: Session, organization_id: int) -> tuple[int, str]:
+    seq, head = session.execute(
+        select(Organization.audit_seq, Organization.audit_head).where(
+            Organization.id == organization_id
+        )
+    ).one()
+    return seq, head
 
 
 def _chain(
@@ -240,11 +245,7 @@ def _append_postgres(
 ) -> list[AuditEntry]:
     while True:
         # READ COMMITTED: the head as last committed (or as this transaction moved it).
-        seq, head = session.execute(
-            select(Organization.audit_seq, Organization.audit_head).where(
-                Organization.id == organization_id
-            )
-        ).one()
+        seq, head = _head(session, organization_id)
         rows = _chain(organization_id, seq, head, entries)
         payload = json.dumps(
             [
@@ -268,10 +269,11 @@ def _append_postgres(
             )
         )
         if ids:
-            # The ORM's copy of the organization, if loaded, learns its new head.
-            for org in session.identity_map.values():
-                if isinstance(org, Organization) and org.id == organization_id:
-                    session.expire(org, ["audit_seq", "audit_head"])
+            # The ORM's copy of the organization, if loaded, learns its new head (looked up
+            # by key: a planning session holds tens of thousands of objects).
+            org = session.identity_map.get(identity_key(Organization, organization_id))
+            if org is not None:
+                session.expire(org, ["audit_seq", "audit_head"])
             return [AuditEntry(id=ids[r["seq"]], **r) for r in rows]
         # Another transaction appended after our read and committed: chain onto its head.
 

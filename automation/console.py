@@ -150,7 +150,8 @@ def add_console(app: FastAPI, get_runtime: Callable[[], Runtime]) -> None:
                     return None
                 if not accounts.csrf_ok(found[1], form.get("csrf")):
                     return False
-                return accounts.sign_out(session, token, rt.now())
+                accounts.end_session(session, *found, rt.now())
+                return True
 
         done = await run_in_threadpool(leave)
         if done is False:

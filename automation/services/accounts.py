@@ -269,7 +269,14 @@ def sign_out(session: Session, token: str | None, now: dt.datetime) -> bool:
     found = authenticate(session, token, now)
     if found is None:
         return False
-    account, row = found
+    end_session(session, *found, now)
+    return True
+
+
+def end_session(
+    session: Session, account: ConsoleAccount, row: ConsoleSession, now: dt.datetime
+) -> None:
+    """End a session :func:`authenticate` returned (the console checks its CSRF token first)."""
     row.revoked_at = now
     audit.record(
         session,
@@ -280,7 +287,6 @@ def sign_out(session: Session, token: str | None, now: dt.datetime) -> bool:
         subject_id=account.id,
         at=now,
     )
-    return True
 
 
 def set_active(
