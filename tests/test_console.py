@@ -20,7 +20,7 @@ def add_admin(w: Web) -> None:
 
 
 def form_csrf(page: str) -> str:
-    match = re.search(r"name=csrf value='([^']+)'", page)
+    match = re.search(r"name=\"csrf\" value=\"([^\"]+)\"", page)
     assert match, page
     return match.group(1)
 
@@ -29,7 +29,7 @@ def test_sign_in_sets_a_guarded_cookie_and_sign_out_ends_the_session(web: Web) -
     add_admin(web)
     client = web.client
     assert client.get("/console/", follow_redirects=False).headers["location"] == (
-        "/console/sign-in"
+        "/console/sign-in?next=/console/"
     )
     page = client.get("/console/sign-in")
     assert page.headers["cache-control"] == "no-store"
@@ -75,7 +75,7 @@ def test_sign_in_needs_the_forms_token_and_refuses_without_saying_why(web: Web) 
             "/console/sign-in", data={"email": email, "password": password, "csrf": csrf}
         )
         assert refused.status_code == 401
-        texts.add(re.search(r"<p role=alert>(.*?)</p>", refused.text).group(1))  # type: ignore[union-attr]
+        texts.add(re.search(r'<p role="alert" class="error">(.*?)</p>', refused.text).group(1))  # type: ignore[union-attr]
     assert len(texts) == 1
     # The refusal was committed: the failed attempt counts towards the lock.
     with web.rt.factory() as session:

@@ -262,7 +262,14 @@ def authenticate(
 
 
 def csrf_ok(row: ConsoleSession, presented: str | None) -> bool:
-    return bool(presented) and hmac.compare_digest(row.csrf_token, presented or "")
+    return csrf_token_ok(row.csrf_token, presented)
+
+
+def csrf_token_ok(expected: str, presented: str | None) -> bool:
+    """Constant-time; an empty token on either side never matches."""
+    if not expected or not presented:
+        return False
+    return hmac.compare_digest(expected.encode(), presented.encode("utf-8", "replace"))
 
 
 def sign_out(session: Session, token: str | None, now: dt.datetime) -> bool:

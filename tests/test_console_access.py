@@ -1,0 +1,53 @@
+"""The console's shared rules: roles, CSRF on every change, managers' reporting chain."""
+
+from __future__ import annotations
+
+from automation.console.base import reports_of
+from tests.console_support import Console, console  # noqa: F401
+
+
+def test_a_browser_without_a_session_is_sent_to_sign_in_and_comes_back(console: Console) -> None:  # noqa: F811
+    away = console.client.get("/console/?week=2", follow_redirects=False)
+    assert away.status_code == 303
+    assert away.headers["location"] == "/console/sign-in?next=/console/%3Fweek%3D2"
+    page = console.client.get(away.headers["location"])
+    assert 'name="next" value="/console/?week=2"' in page.text
+
+
+def test_sign_in_never_sends_the_browser_to_another_site(console: Console) -> None:  # noqa: F811
+    console.sign_in("hr@acme.test")
+    console.client.cookies.clear()
+    for target in ("https://evil.test/", "//evil.test/x", "/console/\\\\evil.test", "/other"):
+        page = console.client.get("/console/sign-in", params={"next": target})
+        assert 'name="next" value="/console/"' in page.text, target
+
+
+def test_a_manager_sees_only_their_reporting_chain(console: Console) -> None:  # noqa: F811
+    with console.rt.factory() as session:
+        boss, ceo = console.person("boss@acme.test"), console.person("ceo@acme.test")
+        below_boss = reports_of(session, console.org, boss.id)
+        below_ceo = reports_of(session, console.org, ceo.id)
+    emails = {p: console.person(p).id for p in ("ana@acme.test", "kai@acme.test", "zoe@acme.test")}
+    assert below_boss == {emails["ana@acme.test"], emails["kai@acme.test"]}
+    assert emails["zoe@acme.test"] in below_ceo and boss.id in below_ceo
+    assert ceo.id not in below_ceo
+
+
+def test_home_counts_only_what_the_viewer_may_see(console: Console) -> None:  # noqa: F811
+    console.sign_in("hr@acme.test")
+    hr_home = console.client.get("/console/").text
+    assert "messages in quarantine" in hr_home
+    console.sign_in("boss@acme.test", role="manager")
+    boss_home = console.client.get("/console/")
+    assert boss_home.status_code == 200
+    assert "messages in quarantine" not in boss_home.text  # HR only
+
+
+def test_pages_answer_with_the_shared_security_headers(console: Console) -> None:  # noqa: F811
+    console.sign_in("hr@acme.test")
+    page = console.client.get("/console/")
+    assert page.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    css = console.client.get("/console/static/console.css")
+    assert css.status_code == 200 and "text/css" in css.headers["content-type"]
