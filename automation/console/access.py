@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
@@ -19,13 +19,12 @@ from starlette.concurrency import run_in_threadpool
 from automation.console.base import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
+    AnyViewer,
     FormExpired,
-    Viewer,
+    Rt,
     form,
     only_visible,
     render,
-    require,
-    runtime,
     safe_next,
     visible_people,
 )
@@ -81,12 +80,12 @@ def _sign_in_page(
 
 
 @router.get("/sign-in")
-def sign_in_page(request: Request, next: str = "/console/", rt: Runtime = Depends(runtime)):  # noqa: A002
+def sign_in_page(request: Request, rt: Rt, next: str = "/console/") -> Response:  # noqa: A002
     return _sign_in_page(request, rt, secrets.token_urlsafe(32), next)
 
 
 @router.post("/sign-in")
-async def sign_in(request: Request, rt: Runtime = Depends(runtime)) -> Response:
+async def sign_in(request: Request, rt: Rt) -> Response:
     fields = await form(request)
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not accounts.csrf_token_ok(expected, fields.get("csrf")):
@@ -113,7 +112,7 @@ async def sign_in(request: Request, rt: Runtime = Depends(runtime)) -> Response:
 
 
 @router.post("/sign-out")
-async def sign_out(request: Request, rt: Runtime = Depends(runtime)) -> Response:
+async def sign_out(request: Request, rt: Rt) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
     fields = await form(request)
 
@@ -135,7 +134,7 @@ async def sign_out(request: Request, rt: Runtime = Depends(runtime)) -> Response
 
 
 @router.get("/")
-def home(request: Request, who: Viewer = Depends(require()), rt: Runtime = Depends(runtime)):
+def home(request: Request, who: AnyViewer, rt: Rt) -> Response:
     """What needs attention: check-ins this week, those awaiting documentation, quarantine."""
     now = rt.now()
     with transaction(rt.factory) as session:

@@ -24,7 +24,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, Request
@@ -126,7 +126,10 @@ def runtime(request: Request) -> Runtime:
     return request.app.state.console_runtime()  # type: ignore[no-any-return]
 
 
-def viewer(request: Request, rt: Runtime = Depends(runtime)) -> Viewer:
+Rt = Annotated[Runtime, Depends(runtime)]
+
+
+def viewer(request: Request, rt: Rt) -> Viewer:
     token = request.cookies.get(SESSION_COOKIE)
     with transaction(rt.factory) as session:
         found = accounts.authenticate(session, token, rt.now())
@@ -143,7 +146,7 @@ def require(*roles: str) -> Callable[..., Viewer]:
     """A dependency giving the viewer when their role is one of ``roles``."""
     allowed = roles or ANYONE
 
-    def check(who: Viewer = Depends(viewer)) -> Viewer:
+    def check(who: Annotated[Viewer, Depends(viewer)]) -> Viewer:
         if who.role not in allowed:
             names = ", ".join(ROLE_NAMES[r] + "s" for r in allowed)
             raise Forbidden(f"This page is for {names}; you are signed in as {who.role_name}.")
@@ -171,11 +174,20 @@ async def form(request: Request) -> Form:
     return Form(parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
-def changed(who: Viewer = Depends(viewer), fields: Form = Depends(form)) -> Form:
+def changed(
+    who: Annotated[Viewer, Depends(viewer)], fields: Annotated[Form, Depends(form)]
+) -> Form:
     """The form of a change, once its CSRF token is the session's."""
     if not accounts.csrf_token_ok(who.csrf, fields.get("csrf")):
         raise FormExpired()
     return fields
+
+
+# What a page declares: `def page(request: Request, who: HrViewer, rt: Rt)`.
+AnyViewer = Annotated[Viewer, Depends(require(*ANYONE))]
+HrViewer = Annotated[Viewer, Depends(require(*HR))]
+AdminViewer = Annotated[Viewer, Depends(require(HR_ADMIN))]
+Changed = Annotated[Form, Depends(changed)]
 
 
 def safe_next(target: str | None) -> str:
