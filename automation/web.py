@@ -1,4 +1,4 @@
-"""The web app: provider webhooks now, the HR console later.
+"""The web app: provider webhooks, health, metrics and the HR console (automation.console).
 
 Why FastAPI (on Starlette), chosen once for both:
 
@@ -529,7 +529,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     the settings on the first request (``uvicorn --factory automation.web:create_app``)."""
     app = FastAPI(
         title="Check-in automation",
-        summary="Calendar provider webhooks and health; the HR console will live here too.",
+        summary="Calendar and mail provider webhooks, health, metrics, and the HR console's JSON "
+        "endpoints (the console's pages are HTML under /console/ and not described here).",
         version="0.1.0",
     )
 
