@@ -51,3 +51,33 @@ def test_pages_answer_with_the_shared_security_headers(console: Console) -> None
     assert page.headers["x-content-type-options"] == "nosniff"
     css = console.client.get("/console/static/console.css")
     assert css.status_code == 200 and "text/css" in css.headers["content-type"]
+
+
+def test_cookies_are_secure_when_the_console_is_served_over_https(console: Console) -> None:  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from automation.runtime import build_runtime
+    from automation.web import create_app
+    from tests.console_support import PASSWORD, csrf_of
+
+    console.sign_in("hr@acme.test")  # creates the account
+    https = build_runtime(console.rt.settings.with_(base_url="https://hr.acme.test"))
+    try:
+        with TestClient(create_app(https), base_url="https://testserver") as client:
+            page = client.get("/console/sign-in")
+            assert "Secure" in page.headers["set-cookie"]
+            signed = client.post(
+                "/console/sign-in",
+                data={"email": "hr@acme.test", "password": PASSWORD, "csrf": csrf_of(page.text)},
+                follow_redirects=False,
+            )
+            session_cookie = [
+                c for c in signed.headers.get_list("set-cookie") if "checkin_session=" in c
+            ]
+            assert len(session_cookie) == 1 and "Secure" in session_cookie[0]
+    finally:
+        https.engine.dispose()
+    # Served over plain http (the embedded default on loopback), the flag would stop the
+    # browser from sending the cookie back at all.
+    plain = console.client.get("/console/sign-in").headers["set-cookie"]
+    assert "Secure" not in plain
