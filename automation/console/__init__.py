@@ -26,7 +26,7 @@ from automation.console.base import (
 from automation.runtime import Runtime
 
 # Page modules, each with a module-level ``router``; one missing is skipped while it is built.
-PAGES = ("access", "oidc", "people", "configuration", "queues")
+PAGES = ("access", "oidc", "people", "configuration", "queues", "reports")
 
 
 def add_console(app: FastAPI, get_runtime: Callable[[], Runtime]) -> None:

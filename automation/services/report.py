@@ -557,7 +557,7 @@ CHARTS = (
 )
 
 
-def _number(value: float | None, unit: str = "") -> str:
+def format_number(value: float | None, unit: str = "") -> str:
     if value is None:
         return "–"
     text = f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
@@ -597,7 +597,7 @@ def bar_chart(
                 'fill="#4a78b5"/>'
             )
         x = label_w + (plot_w * value / scale_max if value is not None else 0) + 6
-        out.append(f'<text x="{x:.1f}" y="{y + 15}">{escape(_number(value, unit))}</text>')
+        out.append(f'<text x="{x:.1f}" y="{y + 15}">{escape(format_number(value, unit))}</text>')
     if reference is not None:
         x = label_w + plot_w * reference / scale_max
         bottom = top + row * len(bars)
@@ -607,7 +607,7 @@ def bar_chart(
         )
         out.append(
             f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" fill="#c0392b">'
-            f"{escape(reference_label)}: {escape(_number(reference, unit))}</text>"
+            f"{escape(reference_label)}: {escape(format_number(reference, unit))}</text>"
         )
     out.append("</svg>")
     return Markup("\n".join(out))
@@ -642,7 +642,7 @@ def render_html(report: ConsistencyReport, templates_dir: Path) -> str:
             "as_of": _when(report.as_of),
             "period_from": _when(report.period_from),
             "period_to": _when(report.period_to),
-            "fmt": _number,
+            "fmt": format_number,
         },
     )
 
