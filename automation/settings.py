@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field
@@ -108,6 +109,19 @@ class Settings:
     inbound_webhook_secret: str = field(default="", repr=False)  # HMAC key, POST /webhooks/mail
     http_max_attempts: int = 6  # provider calls: retries on 429, 5xx and rate-limit 403
     http_max_backoff_seconds: int = 60
+    # Console sign-in with OpenID Connect: a provider is offered once its client id is set.
+    # The client secret is never in this file: it is read from the environment variable named
+    # here (or from a file named by that variable with _FILE appended).
+    oidc_google_client_id: str = ""
+    oidc_google_client_secret_env: str = "AUTOMATION_OIDC_GOOGLE_CLIENT_SECRET"
+    oidc_google_hosted_domain: str = ""  # set: only accounts of this Workspace domain (hd)
+    oidc_google_discovery_url: str = "https://accounts.google.com/.well-known/openid-configuration"
+    oidc_microsoft_client_id: str = ""
+    oidc_microsoft_client_secret_env: str = "AUTOMATION_OIDC_MICROSOFT_CLIENT_SECRET"
+    oidc_microsoft_tenant: str = ""  # the directory (tenant) id, or one of its verified domains
+    oidc_microsoft_discovery_url: str = (
+        "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+    )
     source: str = "(defaults)"
 
     # Derived locations: one place decides where the embedded files go.
@@ -133,6 +147,21 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def oidc_client_secret(self, provider: str, environ: dict[str, str] | None = None) -> str:
+        """The OpenID Connect client secret of ``provider`` ("google", "microsoft") from the
+        environment variable its ``oidc_<provider>_client_secret_env`` names, or from the file
+        that variable with ``_FILE`` appended names; empty when neither is set."""
+        environ = os.environ if environ is None else environ
+        var = getattr(self, f"oidc_{provider}_client_secret_env")
+        if value := environ.get(var, "").strip():
+            return value
+        if path := environ.get(var + "_FILE"):
+            try:
+                return Path(path).read_text().strip()
+            except OSError:
+                return ""
+        return ""
 
     def signing_key(self) -> bytes:
         """The key that signs reply addresses; created once under data_dir when unset."""
@@ -160,6 +189,12 @@ _SECRET_FIELDS = {
     "metrics_token",
 }
 MAIL_TRANSPORTS = ("maildir", "smtp", "gmail", "graph")
+OIDC_PROVIDERS = ("google", "microsoft")
+# Tenants that stand for "any organization": the console must accept only its own tenant.
+_MULTI_TENANT = ("common", "organizations", "consumers")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DOMAIN = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+_TENANT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAIL_INBOXES = ("maildir", "imap", "gmail", "graph")
 CALENDAR_PROVIDERS = ("local", "google", "graph", "caldav", "imip")
 
@@ -275,7 +310,67 @@ def _convert(name: str, raw: Any, origin: str) -> Any:
         raise problem("an http:// or https:// URL")
     if name == "database_url" and raw and not raw.startswith(("sqlite", "postgresql")):
         raise problem("sqlite:///PATH or postgresql+psycopg://…")
+    if name.endswith("_client_secret_env") and not _ENV_NAME.fullmatch(raw):
+        raise problem(
+            "the name of an environment variable",
+            "the secret itself belongs in that variable, never in the settings file",
+        )
+    if name == "oidc_google_hosted_domain" and raw and not _DOMAIN.fullmatch(raw.lower()):
+        raise problem("a domain name", 'your Google Workspace domain, e.g. "example.com"')
+    if name == "oidc_microsoft_tenant" and raw:
+        if raw.lower() in _MULTI_TENANT:
+            raise problem(
+                "one tenant",
+                f"{raw} would let accounts of any organization sign in; use your directory "
+                "(tenant) id from the Entra admin center (Overview) or one of its domains",
+            )
+        if not (_TENANT_ID.fullmatch(raw.lower()) or _DOMAIN.fullmatch(raw.lower())):
+            raise problem(
+                "a directory (tenant) id or a domain",
+                'e.g. "72f988bf-86f1-41af-91ab-2d7cd011db47" or "example.onmicrosoft.com"',
+            )
+        return raw.lower()
+    if name.endswith("_discovery_url") and not raw.startswith("https://"):
+        raise problem("an https:// URL", "OpenID Connect discovery is served over HTTPS")
     return raw
+
+
+def _check_oidc(
+    values: dict[str, Any], origins: dict[str, str], environ: dict[str, str]
+) -> list[ConfigProblem]:
+    """What the OpenID Connect settings need together: a Microsoft tenant, and each enabled
+    provider's client secret in the environment (checked here so that a missing secret stops
+    the service at start-up rather than failing the first person who signs in)."""
+    problems = []
+    for provider in OIDC_PROVIDERS:
+        client_id = f"oidc_{provider}_client_id"
+        if not values.get(client_id):
+            continue
+        origin = origins.get(client_id, "(settings)")
+        if provider == "microsoft" and not values.get("oidc_microsoft_tenant"):
+            problems.append(
+                ConfigProblem(
+                    origin,
+                    "oidc_microsoft_tenant",
+                    "required when oidc_microsoft_client_id is set",
+                    "set it to the directory (tenant) id shown on the app registration's "
+                    "Overview page in the Entra admin center",
+                )
+            )
+        secret_env = f"oidc_{provider}_client_secret_env"
+        var = values.get(secret_env, _FIELDS[secret_env].default)
+        if not (environ.get(var, "").strip() or environ.get(var + "_FILE")):
+            problems.append(
+                ConfigProblem(
+                    origins.get(secret_env, origin),
+                    secret_env,
+                    f"the environment variable {var} is not set, and {provider} sign-in "
+                    f"is enabled ({client_id} is set)",
+                    f"put the client secret in {var} (or a file named by {var}_FILE), or "
+                    f"remove {client_id} to turn {provider} sign-in off",
+                )
+            )
+    return problems
 
 
 def default_config_file() -> Path:
@@ -296,6 +391,7 @@ def load_settings(
     explicit = path is not None or ENV_PREFIX + "CONFIG" in environ
     file = Path(path) if path is not None else default_config_file()
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # where each value came from, for problems found across fields
     problems: list[ConfigProblem] = []
     if file.exists():
         try:
@@ -320,6 +416,7 @@ def load_settings(
                 continue
             try:
                 values[key] = _convert(key, raw, str(file))
+                origins[key] = str(file)
             except ConfigError as exc:
                 problems.extend(exc.problems)
     elif explicit:
@@ -353,11 +450,14 @@ def load_settings(
             continue
         try:
             values[name] = _convert(name, raw, origin)
+            origins[name] = origin
         except ConfigError as exc:
             problems.extend(exc.problems)
     for name, raw in overrides.items():
         if raw is not None:
             values[name] = raw
+    if not problems:
+        problems.extend(_check_oidc(values, origins, environ))
     if problems:
         raise ConfigError(problems)
     return Settings(**values, source=str(file) if file.exists() else "(defaults)")

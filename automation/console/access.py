@@ -65,7 +65,7 @@ def organization_id(rt: Runtime) -> int | None:
         )
 
 
-def _sign_in_page(
+def sign_in_response(
     request: Request, rt: Runtime, csrf: str, target: str, message: str = "", status: int = 200
 ) -> Response:
     response = render(
@@ -81,7 +81,7 @@ def _sign_in_page(
 
 @router.get("/sign-in")
 def sign_in_page(request: Request, rt: Rt, next: str = "/console/") -> Response:  # noqa: A002
-    return _sign_in_page(request, rt, secrets.token_urlsafe(32), next)
+    return sign_in_response(request, rt, secrets.token_urlsafe(32), next)
 
 
 @router.post("/sign-in")
@@ -107,7 +107,7 @@ async def sign_in(request: Request, rt: Rt) -> Response:
     signed = await run_in_threadpool(attempt)
     if signed is None:
         message = str(accounts.SignInRefused())
-        return _sign_in_page(request, rt, expected, target, message, 401)
+        return sign_in_response(request, rt, expected, target, message, 401)
     return start_session(rt, signed, target)
 
 

@@ -1,12 +1,13 @@
 """Who may sign in to the HR console, and the sessions of those who did.
 
 Local accounts (the embedded default) sign in with a password stored as a scrypt hash; the
-production path, OpenID Connect with Google or Microsoft, will set ``oidc_issuer`` and
-``oidc_subject`` instead. A session is a random token in an HttpOnly cookie; the database
-keeps only its SHA-256, so a copy of the table signs nobody in. Each session has its own CSRF
-token that every change must carry. Five wrong passwords lock an account for fifteen
-minutes; a refusal never says whether the address exists. Every account change, sign-in,
-refused sign-in and sign-out is in the audit log (never a password or a token).
+production path, OpenID Connect with Google or Microsoft (:mod:`automation.console.oidc`),
+binds an account to the provider's ``oidc_issuer`` and ``oidc_subject`` instead. A session
+is a random token in an HttpOnly cookie; the database keeps only its SHA-256, so a copy of
+the table signs nobody in. Each session has its own CSRF token that every change must carry.
+Five wrong passwords lock an account for fifteen minutes; a refusal never says whether the
+address exists. Every account change, sign-in, refused sign-in and sign-out is in the audit
+log (never a password or a token).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -25,6 +27,8 @@ from sqlalchemy.orm import Session
 from automation import audit
 from automation.errors import AutomationError
 from automation.models import ConsoleAccount, ConsoleSession, Person
+
+log = logging.getLogger("automation.console")
 
 ROLES = ("hr_admin", "hr_partner", "manager")
 MIN_PASSWORD = 12
@@ -209,6 +213,15 @@ def sign_in(
         return None
     account.failed_sign_ins = 0
     account.locked_until = None
+    return _open_session(session, account, now, {"method": "password"})
+
+
+def _open_session(
+    session: Session, account: ConsoleAccount, now: dt.datetime, how: dict[str, str]
+) -> SignedIn:
+    """A new session for ``account``, whichever way it proved who it is (``how`` goes to the
+    audit entry)."""
+    organization_id, email = account.organization_id, account.email
     account.last_sign_in_at = now
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     expires = now + SESSION_LIFETIME
@@ -231,9 +244,115 @@ def sign_in(
         subject_kind="console_account",
         subject_id=account.id,
         at=now,
-        data={"method": "password"},
+        data=how,
     )
     return SignedIn(account, token, csrf, expires)
+
+
+# --------------------------------------------------------------------------- OpenID Connect
+
+
+def sign_in_oidc(
+    session: Session,
+    organization_id: int,
+    issuer: str,
+    subject: str,
+    email: str,
+    now: dt.datetime,
+) -> SignedIn | None:
+    """Open a session for the account a verified ID token stands for; None when refused.
+
+    The account must exist (HR adds it, usually with ``automation console account add
+    --no-password``) and be active. Its first OpenID Connect sign-in binds it to the
+    provider's ``issuer`` and ``subject`` (the provider's stable id for the person: an address
+    can be renamed or handed to someone else, the subject cannot); after that only that
+    subject signs in to it, whatever address the token carries. A password lock does not
+    stop it: the lock is against guessing passwords, and blocking the provider's sign-in too
+    would let anyone lock HR out by mistyping their address. Like :func:`sign_in`, a refusal
+    is audited in the caller's transaction, which must commit it."""
+    account = _oidc_account(session, organization_id, issuer, subject, email)
+    if account is None:
+        log.warning("console OpenID Connect sign-in refused: no account for %s", email or "-")
+        return None
+    why = (
+        "disabled"
+        if not account.active
+        else "bound to another identity"
+        if account.oidc_subject is not None
+        and (account.oidc_issuer, account.oidc_subject) != (issuer, subject)
+        else ""
+    )
+    if why:
+        refuse_oidc(session, account, issuer, why, now)
+        return None
+    if account.oidc_subject is None:
+        account.oidc_issuer, account.oidc_subject = issuer, subject
+        audit.record(
+            session,
+            organization_id,
+            actor=account.email,
+            action="console.oidc_bound",
+            subject_kind="console_account",
+            subject_id=account.id,
+            at=now,
+            data={"issuer": issuer, "subject": subject},
+        )
+    return _open_session(session, account, now, {"method": "oidc", "issuer": issuer})
+
+
+def oidc_refused(
+    session: Session,
+    organization_id: int,
+    issuer: str,
+    subject: str,
+    email: str,
+    reason: str,
+    now: dt.datetime,
+) -> None:
+    """Record that a verified ID token was refused before :func:`sign_in_oidc` (an email the
+    provider has not verified, another hosted domain): audited when an account is known."""
+    account = _oidc_account(session, organization_id, issuer, subject, email)
+    if account is None:
+        log.warning("console OpenID Connect sign-in refused (%s): no account", reason)
+        return
+    refuse_oidc(session, account, issuer, reason, now)
+
+
+def refuse_oidc(
+    session: Session, account: ConsoleAccount, issuer: str, reason: str, now: dt.datetime
+) -> None:
+    log.warning("console OpenID Connect sign-in to account %d refused: %s", account.id, reason)
+    audit.record(
+        session,
+        account.organization_id,
+        actor=account.email,
+        action="console.sign_in_refused",
+        subject_kind="console_account",
+        subject_id=account.id,
+        at=now,
+        data={"reason": reason, "method": "oidc", "issuer": issuer},
+    )
+
+
+def _oidc_account(
+    session: Session, organization_id: int, issuer: str, subject: str, email: str
+) -> ConsoleAccount | None:
+    """The account bound to ``issuer`` and ``subject``, else the one with ``email``."""
+    bound = session.scalar(
+        select(ConsoleAccount).where(
+            ConsoleAccount.organization_id == organization_id,
+            ConsoleAccount.oidc_issuer == issuer,
+            ConsoleAccount.oidc_subject == subject,
+        )
+    )
+    if bound is not None or not email:
+        return bound
+    return session.scalar(
+        select(ConsoleAccount).where(
+            ConsoleAccount.organization_id == organization_id,
+            ConsoleAccount.email == email.strip().lower(),
+        )
+    )
 
 
 def authenticate(
