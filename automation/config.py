@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
+import os
 import re
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from automation.domain.agenda import RoleExpectations
 from automation.domain.cadence import Cadence, LadderStep, parse_cadence
@@ -820,3 +823,215 @@ def check_all(config_file: Path | None = None) -> tuple[Settings | None, list[Co
     except ConfigError as exc:
         problems.extend(exc.problems)
     return settings, problems
+
+
+# --- editing configuration files (the HR console) -------------------------------------------
+#
+# The console edits ``config/cadences/*.toml`` and ``config/pips/*.toml`` as text. A text is
+# checked by the very parsers the loaders above use, before anything is written, and every
+# problem keeps the line of the text it points at, so an editor can show it in place.
+
+CADENCES_FOLDER = "cadences"
+# A file the console may create or edit: a short lower-case name, never a path.
+EDITABLE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def editable_name(name: str) -> bool:
+    """True for a file name (without ``.toml``) the console may write: no dots, no slashes."""
+    return EDITABLE_NAME.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class LocatedProblem:
+    """A problem of a text being edited, with the line of the text it is about (None when
+    the text does not say: a missing key, a clash with another file)."""
+
+    problem: ConfigProblem
+    line: int | None
+
+
+@dataclass(frozen=True)
+class CheckedText:
+    """A configuration text as the service would load it: what it parses to (None when it
+    has problems) and every problem found."""
+
+    value: Any  # Cadence | PipTemplate | None
+    problems: tuple[LocatedProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _Parser(Protocol):
+    def __call__(self, data: dict[str, Any], file: str, templates: list[str], /) -> Any: ...
+
+
+def check_cadence_text(settings: Settings, file_name: str, text: str) -> CheckedText:
+    """``text`` as ``config/cadences/<file_name>`` would be loaded by :func:`load_cadences`:
+    parsed by :func:`parse_cadence`, and its name not used by another cadence file."""
+    return _check_text(
+        settings, CADENCES_FOLDER, file_name, text, parse_cadence, "give each cadence its own name"
+    )
+
+
+def check_pip_template_text(settings: Settings, file_name: str, text: str) -> CheckedText:
+    """``text`` as ``config/pips/<file_name>`` would be loaded by :func:`load_pip_templates`."""
+    return _check_text(
+        settings,
+        PIPS_FOLDER,
+        file_name,
+        text,
+        parse_pip_template,
+        "give each template its own name",
+    )
+
+
+def _check_text(
+    settings: Settings, folder: str, file_name: str, text: str, parse: _Parser, clash_fix: str
+) -> CheckedText:
+    path = settings.config_dir / folder / file_name
+    problems: list[ConfigProblem] = []
+    value = None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # Worded as read_toml words it, so the console says what `config check` says.
+        problems.append(
+            ConfigProblem(
+                str(path), "(file)", f"not valid TOML: {exc}", "correct the syntax at that line"
+            )
+        )
+    else:
+        try:
+            value = parse(data, str(path), template_names(settings.templates_dir))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        else:
+            other = _name_used_by(settings.config_dir / folder, file_name, value.name)
+            if other is not None:
+                problems.append(
+                    ConfigProblem(
+                        str(path), "name", f"{value.name!r} is already used by {other}", clash_fix
+                    )
+                )
+    located = tuple(LocatedProblem(p, toml_line(text, p)) for p in problems)
+    return CheckedText(None if problems else value, located)
+
+
+def _name_used_by(folder: Path, file_name: str, name: str) -> str | None:
+    """The other file of ``folder`` whose ``name`` is ``name`` (the clash the loaders refuse);
+    a file that cannot be read clashes with nothing here (its own check reports it)."""
+    for other in sorted(folder.glob("*.toml")):
+        if other.name == file_name:
+            continue
+        try:
+            found = read_toml(other).get("name")
+        except ConfigError:
+            continue
+        if isinstance(found, str) and found.strip() == name.strip():
+            return str(other)
+    return None
+
+
+_TOML_AT_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_TOML_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\[\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_TOML_BARE_OR_QUOTED = r"(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')"
+_TOML_KEY = re.compile(rf"^\s*({_TOML_BARE_OR_QUOTED}(?:\s*\.\s*{_TOML_BARE_OR_QUOTED})*)\s*=")
+
+
+def _toml_key_parts(dotted: str) -> list[str]:
+    return [p.strip().strip("\"'") for p in re.findall(_TOML_BARE_OR_QUOTED, dotted)]
+
+
+def toml_field_lines(text: str) -> dict[str, int]:
+    """Where each table and key of a TOML text starts, by the field paths problems use:
+    ``schedule.frequency``, ``escalation[1].notify``, ``acknowledgement.escalation[0]``.
+
+    A line scanner, not a parser: it serves to point at a line, and a line it cannot place
+    (a key inside a multi-line string) is simply not found.
+    """
+    found: dict[str, int] = {}
+    table = ""
+    arrays: dict[str, int] = {}  # array-of-tables path (as resolved) -> its last index
+    in_string: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_string is not None:
+            if line.count(in_string) % 2:
+                in_string = None
+            continue
+        header = _TOML_HEADER.match(line)
+        if header:
+            parts = _toml_key_parts(header.group(2))
+            resolved = ""
+            for i, part in enumerate(parts):
+                resolved = f"{resolved}.{part}" if resolved else part
+                if i == len(parts) - 1 and header.group(1) == "[[":
+                    # A new element of an array of tables: the next index, counted per parent
+                    # element (``[[a.b]]`` under the second ``[[a]]`` starts again at 0).
+                    arrays[resolved] = arrays.get(resolved, -1) + 1
+                    found.setdefault(resolved, number)
+                    resolved = f"{resolved}[{arrays[resolved]}]"
+                elif resolved in arrays:
+                    resolved = f"{resolved}[{arrays[resolved]}]"
+            table = resolved
+            found.setdefault(table, number)
+            continue
+        key = _TOML_KEY.match(line)
+        if key:
+            path = (
+                ".".join([table, *_toml_key_parts(key.group(1))])
+                if table
+                else ".".join(_toml_key_parts(key.group(1)))
+            )
+            found.setdefault(path, number)
+            rest = line[key.end() :]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) % 2:
+                    in_string = quote
+    return found
+
+
+def toml_line(text: str, problem: ConfigProblem) -> int | None:
+    """The line of ``text`` a problem is about: the TOML error's own line, else the line of
+    its field, else of the nearest enclosing table; None when the text does not show it."""
+    at = _TOML_AT_LINE.search(problem.problem)
+    if at:
+        return int(at.group(1))
+    lines = toml_field_lines(text)
+    field = problem.field
+    while field:
+        if field in lines:
+            return lines[field]
+        shorter = re.sub(r"(\[\d+\]|\.[^.\[\]]+)$", "", field)
+        if shorter == field:
+            break
+        field = shorter
+    # A field named without its table (``reports_of`` for ``applies_to.reports_of``).
+    ends = [n for path, n in lines.items() if path.endswith("." + problem.field)]
+    return ends[0] if len(ends) == 1 else None
+
+
+def text_sha256(text: str) -> str:
+    """What the audit log records of a saved text: its SHA-256, never the content."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader sees the old file or the new one, never
+    a part: a temporary file in the same folder (hidden, ending in ``.tmp``, so no loader's
+    ``*.toml`` glob picks it up), flushed to disk, then renamed over it."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

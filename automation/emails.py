@@ -13,6 +13,7 @@ import datetime as dt
 import email.policy
 import email.utils
 import hashlib
+import re
 from dataclasses import dataclass
 from email import quoprimime
 from email.header import Header
@@ -21,7 +22,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    select_autoescape,
+)
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from automation.domain.ical import method_of
@@ -219,3 +231,150 @@ def _text_part(text: str, subtype: str) -> Message:
     part["Content-Transfer-Encoding"] = cte
     part.set_payload(payload)
     return part
+
+
+# --- editing templates (the HR console) ------------------------------------------------------
+#
+# The console edits a template's files as text and previews them before anything is written:
+# the edited texts are rendered by the same sandboxed environment as a real send (its overlay,
+# with the edited files in front of the templates folder, so ``{% extends "email/_layout.html"
+# %}`` still finds the shared layout), and every problem names the file and line.
+
+# A template's folder name as the console accepts it: never a path.
+TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+@dataclass(frozen=True)
+class PartProblem:
+    """One problem of an edited template: the file (``body.html``; the path under the templates
+    folder when it is another file, such as ``email/_layout.html``), the line when known."""
+
+    part: str
+    line: int | None
+    problem: str
+    fix: str = ""
+
+
+def template_files(templates_dir: Path, name: str) -> dict[str, str]:
+    """The texts of a template's files by file name: every plain file its folder holds, and
+    each of :data:`PARTS` (empty when missing, so an editor can create it)."""
+    folder = templates_dir / "email" / name
+    files = {part: "" for part in PARTS}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_file() and _FILE_NAME.fullmatch(path.name):
+            files[path.name] = path.read_text(encoding="utf-8", errors="replace")
+    return files
+
+
+class _EditedLoader(BaseLoader):
+    """The edited files of one template, under the names (and file names, for tracebacks)
+    the templates folder gives them."""
+
+    def __init__(self, templates_dir: Path, name: str, texts: dict[str, str]):
+        self.sources = {f"email/{name}/{part}": text for part, text in texts.items()}
+        self.templates_dir = templates_dir
+
+    def get_source(self, environment: Environment, template: str) -> tuple[str, str, Any]:
+        if template not in self.sources:
+            raise TemplateNotFound(template)
+        return self.sources[template], str(self.templates_dir / template), lambda: False
+
+
+def _edited_environment(
+    templates_dir: Path, name: str, texts: dict[str, str]
+) -> ImmutableSandboxedEnvironment:
+    """The real sends' sandbox (same filters, autoescape, StrictUndefined), reading the edited
+    texts first; nothing compiled from them is cached."""
+    base = environment(templates_dir)
+    loader = ChoiceLoader([_EditedLoader(templates_dir, name, texts), base.loader])  # type: ignore[list-item]
+    return base.overlay(loader=loader, cache_size=0)  # type: ignore[return-value]
+
+
+def _part_of(templates_dir: Path, name: str, file_name: str | None) -> str:
+    """How a problem names the file a template error points at."""
+    if not file_name:
+        return "(template)"
+    try:
+        relative = Path(file_name).relative_to(templates_dir).as_posix()
+    except ValueError:
+        relative = file_name
+    prefix = f"email/{name}/"
+    return relative[len(prefix) :] if relative.startswith(prefix) else relative
+
+
+def _problem(templates_dir: Path, name: str, part: str, exc: Exception) -> PartProblem:
+    """A template failure as a problem: a syntax error carries its file and line; an error
+    while rendering (an undefined variable, a refused attribute) is located through the
+    traceback, which Jinja rewrites to point at template lines."""
+    if isinstance(exc, TemplateSyntaxError):
+        where = _part_of(templates_dir, name, exc.filename) if exc.filename else part
+        return PartProblem(
+            where, exc.lineno, f"{type(exc).__name__}: {exc.message}", "correct the syntax"
+        )
+    line, where = None, part
+    inside = str(templates_dir) + "/"
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost template frame is where it failed
+        file_name = tb.tb_frame.f_code.co_filename
+        if file_name.startswith(inside):
+            line, where = tb.tb_lineno, _part_of(templates_dir, name, file_name)
+        tb = tb.tb_next
+    message = exc.message if isinstance(exc, TemplateError) and exc.message else str(exc)
+    fix = (
+        "use only the variables the email is given; the sandbox refuses Python's internals"
+        if isinstance(exc, SecurityError)
+        else "fix the template or the variable name"
+    )
+    return PartProblem(where, line, f"{type(exc).__name__}: {message}", fix)
+
+
+def check_template_texts(
+    templates_dir: Path, name: str, texts: dict[str, str]
+) -> list[PartProblem]:
+    """What :func:`check_templates` checks, on edited texts: every part present, every file
+    parses. Renders nothing."""
+    env = _edited_environment(templates_dir, name, texts)
+    problems = []
+    for part in PARTS:
+        if part not in texts and not (templates_dir / "email" / name / part).exists():
+            problems.append(
+                PartProblem(part, None, "missing", f"every email needs {', '.join(PARTS)}")
+            )
+        elif part in texts and not texts[part].strip():
+            problems.append(PartProblem(part, None, "empty", "every part needs some text"))
+    for part, text in texts.items():
+        try:
+            env.parse(
+                text,
+                name=f"email/{name}/{part}",
+                filename=str(templates_dir / "email" / name / part),
+            )
+        except TemplateSyntaxError as exc:
+            problems.append(_problem(templates_dir, name, part, exc))
+    return problems
+
+
+def render_texts(
+    templates_dir: Path, name: str, texts: dict[str, str], context: dict[str, Any]
+) -> tuple[Rendered | None, list[PartProblem]]:
+    """:func:`render` on edited texts (any part not given is read from the folder): the email
+    as it would be sent with ``context``, or None and every part's problem. Any failure of a
+    template, not only Jinja's own errors, is a problem here: the text is someone's draft."""
+    env = _edited_environment(templates_dir, name, texts)
+    parts: list[str] = []
+    problems: list[PartProblem] = []
+    for part in PARTS:
+        try:
+            parts.append(env.get_template(f"email/{name}/{part}").render(context))
+        except TemplateNotFound as exc:
+            problems.append(
+                PartProblem(
+                    part, None, f"missing: {exc.name}", f"every email needs {', '.join(PARTS)}"
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - a draft's failure is shown to its author
+            problems.append(_problem(templates_dir, name, part, exc))
+    if problems:
+        return None, problems
+    return Rendered(" ".join(parts[0].split()), parts[1], parts[2]), []

@@ -8,6 +8,7 @@ first time. Tests and the demo install their own (with a simulated clock) throug
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,11 @@ from automation.db import make_engine, session_factory
 from automation.domain.agenda import RoleExpectations
 from automation.domain.cadence import Cadence
 from automation.domain.coaching import CoachingRules
+from automation.errors import ConfigError
 from automation.ports import CalendarProvider, InboxReader, MailSender
 from automation.settings import Settings, load_settings
+
+log = logging.getLogger("automation.runtime")
 
 
 @dataclass
@@ -62,7 +66,8 @@ class Runtime:
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     engine = make_engine(settings.database)
     clock = clock or SystemClock()
-    return Runtime(
+    stamp = cadence_files_stamp(settings)
+    runtime = Runtime(
         settings=settings,
         engine=engine,
         factory=session_factory(engine),
@@ -75,6 +80,42 @@ def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
         roles=load_roles(settings),
         coaching=load_coaching(settings),
     )
+    runtime.cache[CADENCE_STAMP] = stamp
+    return runtime
+
+
+CADENCE_STAMP = "cadence-files"
+
+
+def cadence_files_stamp(settings: Settings) -> tuple[tuple[str, int, int], ...]:
+    """Name, modification time and size of each cadence file: changes when one is saved."""
+    found = []
+    for path in sorted((settings.config_dir / "cadences").glob("*.toml")):
+        try:
+            info = path.stat()
+        except FileNotFoundError:  # removed while listing
+            continue
+        found.append((path.name, info.st_mtime_ns, info.st_size))
+    return tuple(found)
+
+
+def current_cadences(rt: Runtime) -> dict[str, Cadence]:
+    """The cadences as the files are now. A long-running worker loaded them at start; when
+    HR saves one (in the console, or by hand) the next plan reads the folder again, rather
+    than writing its old copy back to the database. A folder that no longer loads keeps the
+    last good cadences, and says why in the log."""
+    stamp = cadence_files_stamp(rt.settings)
+    if rt.cache.get(CADENCE_STAMP) != stamp:
+        try:
+            rt.cadences = {c.name: c for c in load_cadences(rt.settings)}
+        except ConfigError as exc:
+            log.error(
+                "cadence files changed but do not load; planning keeps the last good "
+                "ones until they are fixed:\n%s",
+                exc,
+            )
+        rt.cache[CADENCE_STAMP] = stamp
+    return rt.cadences
 
 
 _lock = threading.Lock()

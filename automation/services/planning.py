@@ -28,7 +28,7 @@ from automation.models import (
     TaskState,
 )
 from automation.ports import Attendee, OccurrenceOverride, SeriesEvent
-from automation.runtime import Runtime
+from automation.runtime import Runtime, current_cadences
 from automation.services.tasks import create_task, handles
 
 
@@ -137,7 +137,8 @@ def plan(
     """
     now = rt.now()
     horizon = now + dt.timedelta(days=horizon_days or rt.settings.planning_horizon_days)
-    cadence_rows = sync_cadences(session, organization_id, rt.cadences, now)
+    cadences = current_cadences(rt)  # read once: a save in the console swaps the dict
+    cadence_rows = sync_cadences(session, organization_id, cadences, now)
     people = {
         p.id: p
         for p in session.scalars(
@@ -153,7 +154,7 @@ def plan(
     busy = _busy_by_person(session, organization_id, now, horizon)
     slot_horizon = now + dt.timedelta(days=rt.settings.planning_horizon_days)
     new_series: list[dict[str, Any]] = []
-    for name, cadence in rt.cadences.items():
+    for name, cadence in cadences.items():
         row = cadence_rows[name]
         for person in people.values():
             manager = people.get(person.manager_id) if person.manager_id else None
@@ -241,7 +242,7 @@ def plan(
         )
     wanted = {
         (cadence_rows[name].id, person.id)
-        for name, cadence in rt.cadences.items()
+        for name, cadence in cadences.items()
         for person in people.values()
         if person.manager_id in people
         and cadence.applies_to(person.email, people[person.manager_id].email)
@@ -258,9 +259,7 @@ def plan(
             )
         )
     )
-    cadence_by_id = {
-        r.id: rt.cadences[r.name] for r in cadence_rows.values() if r.name in rt.cadences
-    }
+    cadence_by_id = {r.id: cadences[r.name] for r in cadence_rows.values() if r.name in cadences}
     occurrences = extend_series(
         session,
         [
