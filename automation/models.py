@@ -550,6 +550,26 @@ class Escalation(OrgScoped, Base):
     created_at: Mapped[dt.datetime]
 
 
+class Reassignment(OrgScoped, Base):
+    """Who documents a subject (a check-in) from now on, instead of its manager: the manager
+    is on leave, so their manager or the HR partner takes it over. Rows are only ever added;
+    the latest of a subject wins (see :func:`automation.services.escalation.reassign`).
+    ``by`` is the actor as the audit log names them (``console:<address>``)."""
+
+    __tablename__ = "reassignments"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        Index("ix_reassignments_subject", "organization_id", "subject_kind", "subject_id"),
+        org_fk("person_id", "people"),
+    )
+    subject_kind: Mapped[str] = mapped_column(String(20))
+    subject_id: Mapped[int]
+    person_id: Mapped[int]
+    by: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime]
+
+
 class Task(OrgScoped, Base):
     """A unit of due work. The tick enqueues due ids; a worker claims one with a lease."""
 

@@ -5,15 +5,21 @@ ladder. Step N is a task due N's business days after the base, in the manager's 
 a step checks first whether the subject got documented meanwhile; if so, the ladder stops.
 The unique (subject, step) key of the escalations table means a step is sent at most once,
 however often the tick or the task runs.
+
+The console works the same subjects as a queue (:func:`overdue_queue`): an escalation can be
+acknowledged there (:func:`acknowledge_escalation`), and the documenting of a check-in moved
+to someone else (:func:`reassign`), who then gets its next reminders and may document it by
+reply.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, true
 from sqlalchemy.orm import Session
 
 from automation import audit
@@ -21,15 +27,21 @@ from automation.config import PipPlan
 from automation.domain.cadence import LadderStep, add_business_days, localize, zone
 from automation.models import (
     Acknowledgement,
+    CheckinSeries,
+    CorrectiveAction,
     Escalation,
+    Occurrence,
     OccurrenceState,
     OutboundMessage,
     Person,
     Pip,
     PipGoal,
     PipReview,
+    Reassignment,
     Task,
+    TaskState,
 )
+from automation.models import Cadence as CadenceRow
 from automation.runtime import Runtime
 from automation.services import pips
 from automation.services.messages import (
@@ -58,8 +70,9 @@ class Subject:
     prompt_key: str  # outbox key of the prompt that reminders thread under
     # Who documents it (a reply from them stops the ladder), when not the manager: for an
     # acknowledgement the person asked, for a PIP review whose template says
-    # reviewer = "hr_partner" the employee's HR partner. Delays count in their time zone, and
-    # the ladder's "manager" steps go to them.
+    # reviewer = "hr_partner" the employee's HR partner, for a check-in reassigned in the
+    # console the person it was reassigned to. Delays count in their time zone, and the
+    # ladder's "manager" steps go to them.
     documenter: Person | None = None
 
     @property
@@ -79,6 +92,26 @@ def load_subject(
             OccurrenceState.SKIPPED,
             OccurrenceState.CANCELLED,
         )
+        moved = latest_reassignment(session, organization_id, kind, occ.id)
+        documenter = session.get(Person, moved.person_id) if moved is not None else None
+        if documenter is None or documenter.id == ctx.manager.id:
+            return Subject(
+                kind,
+                occ.id,
+                organization_id,
+                ctx.manager,
+                ctx.employee,
+                occ.end_at,
+                ctx.cadence.ladder,
+                done,
+                ctx.label,
+                when(occ.start_at, ctx.manager.timezone),
+                followup_key(occ.id),
+            )
+        # Reassigned: worded for the new documenter (it is not "your" check-in), and the
+        # reminders thread under the prompt they were sent when it was reassigned to them.
+        local = occ.start_at.astimezone(zone(documenter.timezone))
+        assert moved is not None
         return Subject(
             kind,
             occ.id,
@@ -88,9 +121,10 @@ def load_subject(
             occ.end_at,
             ctx.cadence.ladder,
             done,
-            ctx.label,
-            when(occ.start_at, ctx.manager.timezone),
-            followup_key(occ.id),
+            f"{ctx.manager.name}'s check-in with {ctx.employee.name} on {local:%A %d %B}",
+            when(occ.start_at, documenter.timezone),
+            reassigned_prompt_key(kind, occ.id, moved.id),
+            documenter=documenter,
         )
     if kind == "acknowledgement":
         return _acknowledgement_subject(session, organization_id, subject_id)
@@ -193,18 +227,27 @@ def schedule_step(
     )
 
 
-def _recipient(session: Session, subject: Subject, notify: str) -> Person | None:
-    target_id = {
-        # A PIP review's "manager" steps remind whoever documents it (its reviewer).
-        "manager": subject.responsible.id
-        if subject.kind == "pip_review"
-        else subject.manager.id
-        if subject.kind != "acknowledgement"
-        else (subject.manager.id if subject.manager.id != subject.employee.id else None),
-        "employee": subject.employee.id,
-        "hr_partner": subject.employee.hr_partner_id,
-        "managers_manager": subject.manager.manager_id,
+def recipient_id(
+    kind: str, notify: str, manager: Person, employee: Person, responsible: Person
+) -> int | None:
+    """Whom a ladder step of ``notify`` goes to (None: nobody on record)."""
+    if notify == "manager":
+        if kind == "acknowledgement":
+            return manager.id if manager.id != employee.id else None
+        # Whoever documents it: the manager, a PIP review's reviewer, or the person a
+        # check-in was reassigned to.
+        return responsible.id
+    return {
+        "employee": employee.id,
+        "hr_partner": employee.hr_partner_id,
+        "managers_manager": manager.manager_id,
     }[notify]
+
+
+def _recipient(session: Session, subject: Subject, notify: str) -> Person | None:
+    target_id = recipient_id(
+        subject.kind, notify, subject.manager, subject.employee, subject.responsible
+    )
     return session.get(Person, target_id) if target_id else None
 
 
@@ -231,16 +274,18 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
     now = rt.now()
     recipient = _recipient(session, subject, rung.notify)
     skipped = f"no {rung.notify} on record" if recipient is None else None
+    role = "reviewer" if kind == "pip_review" else "documenter"
     if (
         recipient is not None
-        and kind == "pip_review"
+        and kind != "acknowledgement"
         and subject.documenter is not None
         and rung.notify != "manager"
         and recipient.id == subject.documenter.id
     ):
-        # An HR partner who is the review's reviewer is reminded by the "manager" steps;
-        # escalating to them about their own review would tell nobody new.
-        skipped = f"the {rung.notify} is the reviewer, reminded by the other steps"
+        # An HR partner who is the review's reviewer (or someone a check-in was reassigned
+        # to) is reminded by the "manager" steps; escalating to them about what they document
+        # themselves would tell nobody new.
+        skipped = f"the {rung.notify} is the {role}, reminded by the other steps"
     if skipped is not None:
         audit.record(
             session,
@@ -253,7 +298,7 @@ def run_step(rt: Runtime, session: Session, task: Task) -> str:
             data={"step": step, "reason": skipped},
         )
         schedule_step(rt, session, task.organization_id, kind, subject.id, step + 1)
-        return f"no-recipient ({rung.notify})" if recipient is None else "skipped (reviewer)"
+        return f"no-recipient ({rung.notify})" if recipient is None else f"skipped ({role})"
     assert recipient is not None
     # The one who can document gets the reply address that documents it.
     to_manager = recipient.id == subject.responsible.id
@@ -481,3 +526,537 @@ def prompt_pip_review(rt: Runtime, session: Session, task: Task) -> str:
     )
     schedule_step(rt, session, task.organization_id, "pip_review", review.id, 0)
     return "queued"
+
+
+# --- the console's overdue queue: reassign, acknowledge, list ------------------------------
+
+# What may be reassigned. A PIP review joins once pips.reviewer_of (which decides whose record
+# documents a review) reads latest_reassignment too; an acknowledgement request never does:
+# only the person asked can acknowledge what they were given.
+REASSIGNABLE = ("occurrence",)
+QUEUE_KINDS = ("occurrence", "pip_review", "acknowledgement")
+_OPEN_OCCURRENCE = (OccurrenceState.PLANNED, OccurrenceState.INVITED, OccurrenceState.HELD)
+
+
+class QueueError(ValueError):
+    """A queue action that cannot be done, in words for the person who asked."""
+
+
+def reassigned_prompt_key(kind: str, subject_id: int, reassignment_id: int) -> str:
+    return f"reassigned:{kind}:{subject_id}:{reassignment_id}"
+
+
+def latest_reassignment(
+    session: Session, organization_id: int, kind: str, subject_id: int
+) -> Reassignment | None:
+    """The reassignment in force for a subject: the latest row wins (none: the manager)."""
+    if kind not in REASSIGNABLE:
+        return None
+    return session.scalar(
+        select(Reassignment)
+        .where(
+            Reassignment.organization_id == organization_id,
+            Reassignment.subject_kind == kind,
+            Reassignment.subject_id == subject_id,
+        )
+        .order_by(Reassignment.id.desc())
+        .limit(1)
+    )
+
+
+def reassignable_people(session: Session, organization_id: int) -> list[Person]:
+    """Who a subject can be reassigned to: active people (the subject's employee aside)."""
+    return list(
+        session.scalars(
+            select(Person)
+            .where(
+                Person.organization_id == organization_id,
+                Person.active.is_(True),
+                Person.erased_at.is_(None),
+            )
+            .order_by(Person.name, Person.id)
+        )
+    )
+
+
+def reassign(
+    rt: Runtime,
+    session: Session,
+    organization_id: int,
+    kind: str,
+    subject_id: int,
+    person_id: int,
+    *,
+    actor: str,
+    reason: str = "",
+) -> Reassignment:
+    """Move the documenting of a check-in to ``person_id`` (the manager is on leave: their
+    manager or the HR partner documents it).
+
+    A row is added (the latest wins, see :func:`latest_reassignment`), so that from now on
+    :func:`load_subject` names them as the documenter: the ladder's next "manager" steps
+    remind them (with the reply address that documents it), an escalation names them, and a
+    reply from them is accepted and documents the check-in (the inbound path accepts the
+    documenter as a participant). The manager and the employee can still reply. They are sent
+    the check-in's follow-up prompt at once. Audited as ``escalation.reassigned``.
+    """
+    if kind not in REASSIGNABLE:
+        raise QueueError("Only check-ins can be reassigned.")
+    subject = load_subject(session, organization_id, kind, subject_id)
+    if subject is None:
+        raise QueueError("No such check-in.")
+    if subject.documented:
+        raise QueueError("This check-in is documented already.")
+    person = session.get(Person, person_id)
+    if (
+        person is None
+        or person.organization_id != organization_id
+        or not person.active
+        or person.erased_at is not None
+    ):
+        raise QueueError("Choose an active person of the organization.")
+    if person.id == subject.employee.id:
+        raise QueueError("The employee cannot document their own check-in.")
+    previous = subject.responsible
+    if person.id == previous.id:
+        raise QueueError(f"{person.name} documents it already.")
+    now = rt.now()
+    row = Reassignment(
+        organization_id=organization_id,
+        subject_kind=kind,
+        subject_id=subject.id,
+        person_id=person.id,
+        by=actor,
+        reason=reason.strip(),
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        organization_id,
+        actor=actor,
+        action="escalation.reassigned",
+        subject_kind=kind,
+        subject_id=subject.id,
+        at=now,
+        data={
+            "reassignment_id": row.id,
+            "from": previous.email,
+            "to": person.email,
+            "reason": row.reason,
+        },
+    )
+    _prompt_new_documenter(rt, session, organization_id, subject.id, row, person)
+    return row
+
+
+def _prompt_new_documenter(
+    rt: Runtime,
+    session: Session,
+    organization_id: int,
+    occurrence_id: int,
+    row: Reassignment,
+    person: Person,
+) -> None:
+    """The check-in's follow-up prompt (its questions, the reply address that documents it),
+    to the person it was reassigned to; later reminders thread under it."""
+    ctx = load_checkin(session, organization_id, occurrence_id)
+    assert ctx is not None
+    queue_email(
+        rt,
+        session,
+        organization_id=organization_id,
+        key=reassigned_prompt_key("occurrence", occurrence_id, row.id),
+        kind="followup",
+        template="followup",
+        to=[person],
+        occurrence_id=occurrence_id,
+        reply_to=reply_to_for(rt, organization_id, "occurrence", occurrence_id),
+        context={
+            "manager": person_ctx(ctx.manager),
+            "employee": person_ctx(ctx.employee),
+            "occurrence": ctx.occurrence_ctx(person.timezone),
+            "questions": list(ctx.cadence.questions),
+            "commands_help": True,
+        },
+    )
+
+
+def acknowledge_escalation(
+    rt: Runtime,
+    session: Session,
+    organization_id: int,
+    kind: str,
+    subject_id: int,
+    *,
+    actor: str,
+    note: str = "",
+) -> list[Acknowledgement]:
+    """Acknowledge, from the console, the escalation of a subject: "I have seen this and I am
+    on it". Returns the acknowledgements it closed (none: nothing was open).
+
+    Every open acknowledgement request of the subject's escalation steps (those sent to the
+    HR partner or the manager's manager, see :func:`_acknowledgement_of_step`) is set
+    acknowledged, with ``note`` as its comment, as a reply to the step's email would set it
+    (no source message: the audit entry ``escalation.acknowledged`` says who, and no
+    confirmation email, since the person acknowledging sees it on the page). A step's request
+    has no ladder of its own, so nothing else changes: acknowledging does **not** document
+    the check-in or review, and the subject's ladder runs on. Its later steps still go out
+    until it is documented (:func:`run_step` stops only at documentation).
+    """
+    rows = session.execute(
+        select(Acknowledgement, Escalation)
+        .join(
+            Escalation,
+            (Escalation.organization_id == Acknowledgement.organization_id)
+            & (Escalation.id == Acknowledgement.subject_id),
+        )
+        .where(
+            Acknowledgement.organization_id == organization_id,
+            Acknowledgement.subject_kind == "escalation",
+            Acknowledgement.acknowledged_at.is_(None),
+            Escalation.subject_kind == kind,
+            Escalation.subject_id == subject_id,
+        )
+        .order_by(Escalation.step, Acknowledgement.id)
+    ).all()
+    if not rows:
+        return []
+    now = rt.now()
+    comment = note.strip() or None
+    for ack, _ in rows:
+        ack.acknowledged_at = now
+        ack.comment = comment
+    audit.record(
+        session,
+        organization_id,
+        actor=actor,
+        action="escalation.acknowledged",
+        subject_kind=kind,
+        subject_id=subject_id,
+        at=now,
+        data={
+            "acknowledgement_ids": [ack.id for ack, _ in rows],
+            "steps": [step.step for _, step in rows],
+            # Whose requests these were; the note itself stays on the rows (erasable).
+            "people": sorted({ack.person_id for ack, _ in rows}),
+            "note": comment is not None,
+        },
+    )
+    return [ack for ack, _ in rows]
+
+
+@dataclass(frozen=True)
+class SentStep:
+    step: int  # 0-based, as stored
+    action: str  # remind | escalate
+    to: Person
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class NextStep:
+    step: int
+    action: str
+    notify: str  # manager | employee | hr_partner | managers_manager
+    to: Person | None  # None: nobody on record (the step will be skipped)
+    due_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class OpenAcknowledgement:
+    id: int
+    step: int
+    person: Person
+    requested_at: dt.datetime
+
+
+@dataclass
+class QueueItem:
+    """One overdue subject as the console lists it."""
+
+    kind: str  # occurrence | pip_review | acknowledgement
+    id: int
+    what: str
+    employee: Person
+    manager: Person
+    responsible: Person  # who documents (or, for an acknowledgement, acknowledges) it
+    reassigned: bool
+    due_at: dt.datetime
+    days_overdue: int
+    starts_at: dt.datetime | None = None  # a check-in's start
+    sent: list[SentStep] = field(default_factory=list)
+    next_step: NextStep | None = None
+    open_acknowledgements: list[OpenAcknowledgement] = field(default_factory=list)
+
+    @property
+    def reassignable(self) -> bool:
+        return self.kind in REASSIGNABLE
+
+
+@dataclass
+class Queue:
+    items: list[QueueItem]
+    more: bool  # there are more than the items listed
+
+
+def _visible(column: Any, visible: set[int] | None) -> Any:
+    return true() if visible is None else column.in_(sorted(visible) or [-1])
+
+
+def _per_kind(kind_column: Any, id_column: Any, subjects: dict[str, list[int]]) -> Any:
+    """WHERE (kind, id) is one of ``subjects``, one IN list per kind."""
+    return or_(*(and_(kind_column == k, id_column.in_(ids)) for k, ids in subjects.items()))
+
+
+def overdue_queue(
+    session: Session,
+    organization_id: int,
+    now: dt.datetime,
+    visible: set[int] | None = None,
+    limit: int = 500,
+) -> Queue:
+    """Everything overdue, most overdue first: check-ins that ended and are not documented,
+    PIP reviews and check-ins past due and not documented (of active PIPs), acknowledgement
+    requests past due and not acknowledged. Each with its employee, who is responsible, the
+    due time, days overdue, the ladder steps sent, the next step due and the open
+    acknowledgements of its steps.
+
+    ``visible`` keeps the subjects about those people (a manager's chain; None: everyone).
+    A fixed number of queries whatever the length (each kind's candidates, then the details
+    of the ``limit`` most overdue in one query per table); people and PIPs are loaded first,
+    so the shared helpers' ``session.get`` calls read the identity map.
+    """
+    cut = limit + 1
+    occurrences = session.execute(
+        select(Occurrence, CheckinSeries)
+        .join(
+            CheckinSeries,
+            (CheckinSeries.organization_id == Occurrence.organization_id)
+            & (CheckinSeries.id == Occurrence.series_id),
+        )
+        .where(
+            Occurrence.organization_id == organization_id,
+            Occurrence.end_at < now,
+            Occurrence.documented_at.is_(None),
+            Occurrence.state.in_(list(_OPEN_OCCURRENCE)),
+            _visible(CheckinSeries.employee_id, visible),
+        )
+        .order_by(Occurrence.end_at, Occurrence.id)
+        .limit(cut)
+    ).all()
+    reviews = session.execute(
+        select(PipReview, Pip)
+        .join(
+            Pip, (Pip.organization_id == PipReview.organization_id) & (Pip.id == PipReview.pip_id)
+        )
+        .where(
+            PipReview.organization_id == organization_id,
+            PipReview.due_at < now,
+            PipReview.documented_at.is_(None),
+            Pip.state == "active",
+            _visible(Pip.employee_id, visible),
+        )
+        .order_by(PipReview.due_at, PipReview.id)
+        .limit(cut)
+    ).all()
+    requests = session.scalars(
+        select(Acknowledgement)
+        .where(
+            Acknowledgement.organization_id == organization_id,
+            # A step's own request is shown with the subject it is about.
+            Acknowledgement.subject_kind != "escalation",
+            Acknowledgement.acknowledged_at.is_(None),
+            Acknowledgement.due_at < now,
+            _visible(Acknowledgement.person_id, visible),
+        )
+        .order_by(Acknowledgement.due_at, Acknowledgement.id)
+        .limit(cut)
+    ).all()
+    candidates: list[tuple[dt.datetime, str, int, Any]] = [
+        (occ.end_at, "occurrence", occ.id, (occ, series)) for occ, series in occurrences
+    ]
+    candidates += [(r.due_at, "pip_review", r.id, (r, pip)) for r, pip in reviews]
+    candidates += [(a.due_at, "acknowledgement", a.id, a) for a in requests]
+    candidates.sort(key=lambda c: (c[0], QUEUE_KINDS.index(c[1]), c[2]))
+    more = len(candidates) > limit
+    candidates = candidates[:limit]
+    subjects: dict[str, list[int]] = {}
+    for _, kind, subject_id, _ in candidates:
+        subjects.setdefault(kind, []).append(subject_id)
+    if not candidates:
+        return Queue([], more)
+
+    # What the acknowledgement requests are about (their manager and label come from them).
+    ack_rows = [c[3] for c in candidates if c[1] == "acknowledgement"]
+    about: dict[str, set[int]] = {}
+    for a in ack_rows:
+        about.setdefault(a.subject_kind, set()).add(a.subject_id)
+    pips_of_acks = (
+        session.scalars(
+            select(Pip).where(Pip.organization_id == organization_id, Pip.id.in_(about["pip"]))
+        ).all()
+        if "pip" in about
+        else []
+    )
+    if "corrective_action" in about:
+        session.scalars(
+            select(CorrectiveAction).where(
+                CorrectiveAction.organization_id == organization_id,
+                CorrectiveAction.id.in_(about["corrective_action"]),
+            )
+        ).all()
+
+    reassigned: dict[tuple[str, int], Reassignment] = {}
+    movable = {k: v for k, v in subjects.items() if k in REASSIGNABLE}
+    if movable:
+        for row in session.scalars(
+            select(Reassignment)
+            .where(
+                Reassignment.organization_id == organization_id,
+                _per_kind(Reassignment.subject_kind, Reassignment.subject_id, movable),
+            )
+            .order_by(Reassignment.id)
+        ):
+            reassigned[(row.subject_kind, row.subject_id)] = row  # the latest wins
+    steps: dict[tuple[str, int], list[Escalation]] = {}
+    for esc in session.scalars(
+        select(Escalation)
+        .where(
+            Escalation.organization_id == organization_id,
+            _per_kind(Escalation.subject_kind, Escalation.subject_id, subjects),
+        )
+        .order_by(Escalation.step)
+    ):
+        steps.setdefault((esc.subject_kind, esc.subject_id), []).append(esc)
+    by_escalation = {esc.id: esc for found in steps.values() for esc in found}
+    open_acks = (
+        session.scalars(
+            select(Acknowledgement)
+            .where(
+                Acknowledgement.organization_id == organization_id,
+                Acknowledgement.subject_kind == "escalation",
+                Acknowledgement.subject_id.in_(list(by_escalation)),
+                Acknowledgement.acknowledged_at.is_(None),
+            )
+            .order_by(Acknowledgement.id)
+        ).all()
+        if by_escalation
+        else []
+    )
+    pending: dict[tuple[str, int], Task] = {}
+    for task in session.scalars(
+        select(Task).where(
+            Task.organization_id == organization_id,
+            Task.kind == "escalate",
+            Task.state.in_([TaskState.PENDING, TaskState.LEASED]),
+            Task.subject_id.in_(sorted({i for ids in subjects.values() for i in ids})),
+        )
+    ):
+        _, kind, subject_id, step = task.key.split(":")
+        key = (kind, int(subject_id))
+        if kind in subjects and (key not in pending or task.due_at < pending[key].due_at):
+            pending[key] = task
+    cadence_ids = {row[1].cadence_id for _, kind, _, row in candidates if kind == "occurrence"}
+    ladders = {
+        cadence_id: tuple(LadderStep(**s) for s in definition["ladder"])
+        for cadence_id, definition in session.execute(
+            select(CadenceRow.id, CadenceRow.definition).where(
+                CadenceRow.organization_id == organization_id,
+                CadenceRow.id.in_(sorted(cadence_ids) or [-1]),
+            )
+        )
+    }
+
+    # Everyone named, in two rounds: the people of the subjects, then their managers and HR
+    # partners (the next steps' recipients, an HR partner reviewer).
+    wanted: set[int] = set()
+    for _, kind, _, row in candidates:
+        if kind in ("occurrence", "pip_review"):  # (occurrence, series) or (review, pip)
+            wanted |= {row[1].employee_id, row[1].manager_id}
+        else:
+            wanted.add(row.person_id)
+    wanted |= {pip.manager_id for pip in pips_of_acks}
+    wanted |= {row.person_id for row in reassigned.values()}
+    wanted |= {esc.recipient_id for esc in by_escalation.values()}
+    wanted |= {ack.person_id for ack in open_acks}
+    people = _people(session, organization_id, wanted)
+    people |= _people(
+        session,
+        organization_id,
+        {
+            other
+            for p in people.values()
+            for other in (p.manager_id, p.hr_partner_id)
+            if other is not None and other not in people
+        },
+    )
+    acks_of_step: dict[int, list[Acknowledgement]] = {}
+    for ack in open_acks:
+        acks_of_step.setdefault(ack.subject_id, []).append(ack)
+
+    items = []
+    for due, kind, subject_id, row in candidates:
+        if kind == "occurrence":
+            occ, series = row
+            employee, manager = people[series.employee_id], people[series.manager_id]
+            moved = reassigned.get((kind, subject_id))
+            responsible = people[moved.person_id] if moved is not None else manager
+            ladder = ladders.get(series.cadence_id, ())
+            item = QueueItem(
+                kind, subject_id, "Check-in", employee, manager, responsible,
+                moved is not None and moved.person_id != manager.id, due, 0,
+                starts_at=occ.start_at,
+            )  # fmt: skip
+        elif kind == "pip_review":
+            review, pip = row
+            employee, manager = people[pip.employee_id], people[pip.manager_id]
+            responsible = pips.reviewer_of(session, pip, review)
+            ladder = tuple(LadderStep(**s) for s in pip.ladder)
+            what = "PIP check-in" if review.kind == "checkin" else "PIP review"
+            item = QueueItem(
+                kind, subject_id, f"{what} \u201c{review.name}\u201d ({pip.title})",
+                employee, manager, responsible, False, due, 0,
+            )  # fmt: skip
+        else:
+            found = pips.acknowledgement_subject(session, row)
+            employee = people[row.person_id]
+            manager = found[0] if found is not None else employee
+            label = found[2] if found is not None else row.subject_kind.replace("_", " ")
+            ladder = tuple(LadderStep(**s) for s in row.ladder)
+            item = QueueItem(
+                kind, subject_id, f"Acknowledgement of {label}", employee, manager, employee,
+                False, due, 0,
+            )  # fmt: skip
+        item.days_overdue = max((now - due).days, 0)
+        for esc in steps.get((kind, subject_id), []):
+            item.sent.append(
+                SentStep(esc.step, esc.action, people[esc.recipient_id], esc.created_at)
+            )
+            for ack in acks_of_step.get(esc.id, []):
+                item.open_acknowledgements.append(
+                    OpenAcknowledgement(ack.id, esc.step, people[ack.person_id], ack.requested_at)
+                )
+        task = pending.get((kind, subject_id))
+        if task is not None:
+            step = int(task.key.rsplit(":", 1)[1])
+            if step < len(ladder):
+                rung = ladder[step]
+                to = recipient_id(kind, rung.notify, manager, employee, item.responsible)
+                item.next_step = NextStep(
+                    step, rung.action, rung.notify, people.get(to) if to else None, task.due_at
+                )
+        items.append(item)
+    return Queue(items, more)
+
+
+def _people(session: Session, organization_id: int, ids: set[int]) -> dict[int, Person]:
+    if not ids:
+        return {}
+    return {
+        p.id: p
+        for p in session.scalars(
+            select(Person).where(Person.organization_id == organization_id, Person.id.in_(ids))
+        )
+    }

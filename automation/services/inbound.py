@@ -729,7 +729,8 @@ def _ingest(rt: Runtime, session: Session, task: Task) -> str:
         subject.employee.email.lower(): subject.employee,
     }
     if subject.documenter is not None:
-        # A PIP review's HR partner reviewer; the manager may still add to the file.
+        # A PIP review's HR partner reviewer, or whoever a check-in was reassigned to in the
+        # console (escalation.reassign); the manager may still add to the file.
         participants[subject.documenter.email.lower()] = subject.documenter
     author = participants.get(sender)
     on_behalf_of: Person | None = None
