@@ -9,7 +9,6 @@ endpoints.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
@@ -25,21 +24,14 @@ from automation.console.base import (
 )
 from automation.runtime import Runtime
 
-# Page modules, each with a module-level ``router``; one missing is skipped while it is built.
-PAGES = ("access", "oidc", "people", "configuration", "queues", "reports")
-
 
 def add_console(app: FastAPI, get_runtime: Callable[[], Runtime]) -> None:
+    from automation.console import access, configuration, oidc, people, queues, reports
+
     app.state.console_runtime = get_runtime
-    for name in PAGES:
-        try:
-            module = importlib.import_module(f"automation.console.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"automation.console.{name}":
-                raise
-            continue
+    for module in (access, oidc, people, configuration, queues, reports):
         app.include_router(module.router)
-        if hasattr(module, "install"):
+        if hasattr(module, "install"):  # JSON endpoints (in the OpenAPI description), state
             module.install(app)
     app.mount("/console/static", StaticFiles(directory=STATIC_DIR), name="console-static")
 
