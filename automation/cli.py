@@ -16,9 +16,35 @@ from pathlib import Path
 from typing import Any
 
 from automation.errors import AutomationError, ConfigError, ImportRejected
+from automation.terminal import Progress, print_json, print_table, progress
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 66, 75, 78
 EX_NOPERM = 77  # sysexits.h: the reader may not see what they asked for
+
+
+def _progress(
+    args: argparse.Namespace, description: str, unit: str
+) -> contextlib.AbstractContextManager[Progress]:
+    """A progress bar on stderr when it is a terminal (see automation.terminal), unless
+    --quiet or --no-progress, or -v, whose log lines would tear it."""
+    quiet = getattr(args, "quiet", False) or getattr(args, "no_progress", False)
+    return progress(description, unit, enabled=not (quiet or args.verbose))
+
+
+def _note(args: argparse.Namespace, text: str) -> None:
+    """A remark for the person at the terminal, on stderr; --quiet drops it."""
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+def _time(value: Any) -> Any:
+    """An ISO 8601 string (as some services return times) as a datetime, for a table cell."""
+    if isinstance(value, str) and value:
+        import datetime as dt
+
+        with contextlib.suppress(ValueError):
+            return dt.datetime.fromisoformat(value)
+    return value
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -44,8 +70,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ["AUTOMATION_BROKER_URL"] = "stub"  # the demo always runs its worker in-process
     from automation.demo import format_summary, run_demo
 
-    summary = run_demo(_settings(args), Path(args.out), weeks=args.weeks, seed=args.seed)
-    print(json.dumps(asdict(summary)) if args.json else format_summary(summary))
+    with _progress(args, "simulating", "day") as report:
+        summary = run_demo(
+            _settings(args), Path(args.out), weeks=args.weeks, seed=args.seed, progress=report
+        )
+    if args.json:
+        print_json(summary)
+    else:
+        print(format_summary(summary))
     return EX_OK
 
 
@@ -286,7 +318,12 @@ def cmd_ingest_mail(args: argparse.Namespace) -> int:
         result = run_task(rt, stored.task_id) if not stored.duplicate else "duplicate"
     except Exception as exc:  # noqa: BLE001 - stored; the tick will retry the processing
         result = f"stored; processing deferred ({type(exc).__name__})"
-    print(f"stored inbound message {stored.inbound_id}: {result}")
+    if args.json:
+        print_json(
+            {"inbound_id": stored.inbound_id, "duplicate": stored.duplicate, "result": result}
+        )
+    else:
+        print(f"stored inbound message {stored.inbound_id}: {result}")
     return EX_OK
 
 
@@ -454,17 +491,29 @@ def cmd_inbox_list(args: argparse.Namespace) -> int:
             )
     finally:
         rt.engine.dispose()
-    if not rows:
-        print("no messages kept without a record")
-        return EX_OK
-    width = max(len(str(m.id)) for m in rows)
-    sender = min(max(len(m.from_address or "-") for m in rows), 40)
-    print(f"{'id':>{width}}  {'received_at':<20}  {'from':<{sender}}  {'state':<11}  reason")
-    for m in rows:
-        print(
-            f"{m.id:>{width}}  {_when(m.received_at):<20}  {(m.from_address or '-'):<{sender}}  "
-            f"{m.state:<11}  {m.quarantine_reason or ''}"
+    if args.json:
+        print_json(
+            [
+                {
+                    "id": m.id,
+                    "received_at": m.received_at,
+                    "from": m.from_address,
+                    "subject": m.subject,
+                    "state": m.state,
+                    "reason": m.quarantine_reason,
+                    "source": m.source,
+                    "sha256": m.sha256,
+                    "size": m.size,
+                }
+                for m in rows
+            ]
         )
+        return EX_OK
+    print_table(
+        ["id", "received_at", "from", "state", "reason"],
+        [(m.id, m.received_at, m.from_address, m.state, m.quarantine_reason) for m in rows],
+        empty="no messages kept without a record",
+    )
     return EX_OK
 
 
@@ -488,6 +537,35 @@ def cmd_inbox_show(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
         return EX_OK
     parsed = decode_message(message.raw)
+    if args.json:
+        print_json(
+            {
+                "id": message.id,
+                "state": message.state,
+                "reason": message.quarantine_reason,
+                "received_at": message.received_at,
+                "source": message.source,
+                "processed_at": message.processed_at,
+                "sha256": message.sha256,
+                "size": message.size,
+                "occurrence_id": message.occurrence_id,
+                "pip_review_id": message.pip_review_id,
+                "released_at": message.released_at,
+                "attributed_to": message.attributed_to,
+                "from": parsed.from_address,
+                "from_name": parsed.from_name,
+                "to": list(parsed.to),
+                "subject": parsed.subject,
+                "date": parsed.date,
+                "message_id": parsed.message_id,
+                "in_reply_to": list(parsed.in_reply_to),
+                "auto_reply": bool(parsed.auto_reply),
+                "bounce": bool(parsed.bounce),
+                "defects": list(parsed.defects),
+                "text": parsed.text,
+            }
+        )
+        return EX_OK
     linked = (
         f"occurrence {message.occurrence_id}"
         if message.occurrence_id
@@ -538,6 +616,8 @@ def cmd_inbox_release(args: argparse.Namespace) -> int:
     if args.as_address and not (args.reason or "").strip():
         print("--as needs --reason: say why this message is attributed", file=sys.stderr)
         return EX_USAGE
+    from automation.models import InboundMessage
+
     operator = args.by or getpass.getuser()
     rt = _inbox_runtime(args)
     try:
@@ -549,12 +629,17 @@ def cmd_inbox_release(args: argparse.Namespace) -> int:
             reason=args.reason,
         )
         result = run_task(rt, task_id)
+        with rt.factory() as session:
+            state = session.get(InboundMessage, args.id).state  # type: ignore[union-attr]
     except ReleaseRefused as exc:
         print(f"automation inbox quarantine release: {exc}", file=sys.stderr)
         return EX_DATAERR
     finally:
         rt.engine.dispose()
-    print(f"released inbound message {args.id}: {result}")
+    if args.json:
+        print_json({"id": args.id, "state": state, "result": result})
+    else:
+        print(f"released inbound message {args.id}: {result}")
     return EX_OK
 
 
@@ -568,12 +653,78 @@ def cmd_people_import(args: argparse.Namespace) -> int:
     from automation.clock import SystemClock
 
     now = SystemClock().now()
-    with transaction(session_factory(engine)) as session:
-        org = ensure_organization(session, settings.organization, settings.organization_name, now)
-        result = import_people_file(session, org.id, Path(args.file), now)
-    print(
-        f"imported {args.file}: {result.created} created, {result.updated} updated, "
-        f"{result.unchanged} unchanged"
+    try:
+        with (
+            _progress(args, "importing", "person") as report,
+            transaction(session_factory(engine)) as session,
+        ):
+            org = ensure_organization(
+                session, settings.organization, settings.organization_name, now
+            )
+            result = import_people_file(session, org.id, Path(args.file), now, progress=report)
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json({"file": args.file, **asdict(result)})
+    else:
+        print(
+            f"imported {args.file}: {result.created} created, {result.updated} updated, "
+            f"{result.unchanged} unchanged"
+        )
+    return EX_OK
+
+
+def cmd_people_list(args: argparse.Namespace) -> int:
+    """The people on record with their manager, HR partner and role; leavers with --all."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import aliased
+
+    from automation.models import Person
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        manager, partner = aliased(Person), aliased(Person)
+        query = (
+            select(Person, manager.email, partner.email)
+            .outerjoin(
+                manager,
+                (manager.organization_id == Person.organization_id)
+                & (manager.id == Person.manager_id),
+            )
+            .outerjoin(
+                partner,
+                (partner.organization_id == Person.organization_id)
+                & (partner.id == Person.hr_partner_id),
+            )
+            .where(Person.organization_id == org)
+            .order_by(Person.email)
+        )
+        if not args.all:
+            query = query.where(Person.active.is_(True))
+        return [
+            {
+                "email": p.email,
+                "name": p.name,
+                "timezone": p.timezone,
+                "manager_email": manager_email,
+                "hr_partner_email": partner_email,
+                "role": p.role,
+                "active": p.active,
+                "left_at": p.left_at,
+                "mail_failing_since": p.mail_failing_since,
+            }
+            for p, manager_email, partner_email in session.execute(query)
+        ]
+
+    rows = _operator_call(args, action, AutomationError) or []
+    if args.json:
+        print_json(rows)
+        return EX_OK
+    columns = ["email", "name", "timezone", "manager_email", "hr_partner_email", "role"]
+    print_table(
+        ["email", "name", "timezone", "manager", "hr_partner", "role"]
+        + (["active"] if args.all else []),
+        [[r[c] for c in columns] + ([r["active"]] if args.all else []) for r in rows],
+        empty="nobody on record" + ("" if args.all else " is active"),
     )
     return EX_OK
 
@@ -591,7 +742,10 @@ def cmd_people_mail_ok(args: argparse.Namespace) -> int:
         )
     finally:
         rt.engine.dispose()
-    print(f"{args.email}: no longer flagged; {released} held message(s) queued again")
+    if args.json:
+        print_json({"email": args.email.strip().lower(), "released": released})
+    else:
+        print(f"{args.email}: no longer flagged; {released} held message(s) queued again")
     return EX_OK
 
 
@@ -604,20 +758,28 @@ def cmd_mail_status(args: argparse.Namespace) -> int:
     finally:
         rt.engine.dispose()
     if args.json:
-        print(json.dumps(asdict(status), indent=2))
+        print_json(status)
         return EX_OK
     print(f"outbound  {status.transport} as {status.sender}")
     print(f"inbound   {status.inbox}")
     outbox = ", ".join(f"{k} {v}" for k, v in sorted(status.outbox.items())) or "empty"
     print(f"outbox    {outbox}")
     print(f"sent      {status.sent_last_24h} in the last 24 h (limit {status.daily_limit})")
-    for box in status.mailboxes:
-        print(
-            f"mailbox   {box['provider']} {box['mailbox']}: polled {box['polled_at'] or '-'}"
-            f"{', error: ' + box['error'] if box['error'] else ''}"
+    if status.mailboxes:
+        print()
+        print_table(
+            ["provider", "mailbox", "polled_at", "error"],
+            [
+                (b["provider"], b["mailbox"], _time(b["polled_at"]), b["error"])
+                for b in status.mailboxes
+            ],
         )
-    for person in status.failing_addresses:
-        print(f"failing   {person['email']} since {person['since']}: {person['reason']}")
+    if status.failing_addresses:
+        print()
+        print_table(
+            ["failing", "since", "reason"],
+            [(p["email"], _time(p["since"]), p["reason"]) for p in status.failing_addresses],
+        )
     return EX_OK
 
 
@@ -631,7 +793,7 @@ def cmd_mail_test_send(args: argparse.Namespace) -> int:
     finally:
         rt.engine.dispose()
     if args.json:
-        print(json.dumps(asdict(result)))
+        print_json(result)
     else:
         print(f"sent {result.message_id} through {rt.sender.name}")
         if result.provider_id:
@@ -649,6 +811,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from automation.config import check_all
 
     settings, problems = check_all(args.config)
+    if args.json:
+        print_json(
+            {
+                "ok": not problems,
+                "settings_file": str(settings.source) if settings else None,
+                "config_dir": settings.config_dir if settings else None,
+                "templates_dir": settings.templates_dir if settings else None,
+                "problems": problems,
+            }
+        )
+        return EX_CONFIG if problems else EX_OK
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -670,9 +843,23 @@ def cmd_templates_preview(args: argparse.Namespace) -> int:
         return EX_USAGE
     context = sample_context(args.name)
     if args.name == "invite/description.txt":
-        print(render_text(settings.templates_dir, args.name, context))
+        text = render_text(settings.templates_dir, args.name, context)
+        if args.json:
+            print_json({"name": args.name, "subject": None, "text": text, "html": None})
+        else:
+            print(text)
         return EX_OK
     rendered = render(settings.templates_dir, args.name, context)
+    if args.json:
+        print_json(
+            {
+                "name": args.name,
+                "subject": rendered.subject,
+                "text": rendered.text,
+                "html": rendered.html,
+            }
+        )
+        return EX_OK
     print(f"Subject: {rendered.subject}\n")
     print(rendered.html if args.html else rendered.text)
     return EX_OK
@@ -681,28 +868,33 @@ def cmd_templates_preview(args: argparse.Namespace) -> int:
 def cmd_templates_list(args: argparse.Namespace) -> int:
     from automation.emails import template_names
 
-    print("\n".join(template_names(_settings(args).templates_dir)))
+    names = template_names(_settings(args).templates_dir)
+    if args.json:
+        print_json(names)
+    else:
+        print("\n".join(names))
     return EX_OK
 
 
 def _print_calendars(rows: list[Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        print_json(rows)
         return
-    if not rows:
-        print("no calendars yet: `automation calendars connect` sets them up")
-        return
-    width = max(len(r.calendar) for r in rows)
-    print(
-        f"{'provider':<8}  {'calendar':<{width}}  {'last sync':<20}  {'full sync':<20}  "
-        f"{'push channel until':<20}  result / error"
+    print_table(
+        ["provider", "calendar", "synced_at", "full_synced_at", "channel_until", "result"],
+        [
+            (
+                r.provider,
+                r.calendar,
+                _time(r.synced_at),
+                _time(r.full_synced_at),
+                _time(r.channel_expires_at),
+                r.error or r.result,
+            )
+            for r in rows
+        ],
+        empty="no calendars yet: `automation calendars connect` sets them up",
     )
-    for r in rows:
-        print(
-            f"{r.provider:<8}  {r.calendar:<{width}}  {r.synced_at or '-':<20}  "
-            f"{r.full_synced_at or '-':<20}  {r.channel_expires_at or '-':<20}  "
-            f"{r.error or r.result}"
-        )
 
 
 def cmd_calendars_connect(args: argparse.Namespace) -> int:
@@ -712,7 +904,8 @@ def cmd_calendars_connect(args: argparse.Namespace) -> int:
     rt = _inbox_runtime(args)
     try:
         try:
-            rows = connect_calendars(rt, _org(rt), args.calendar)
+            with _progress(args, "connecting", "calendar") as report:
+                rows = connect_calendars(rt, _org(rt), args.calendar, progress=report)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EX_CONFIG
@@ -739,7 +932,8 @@ def cmd_calendars_sync(args: argparse.Namespace) -> int:
 
     rt = _inbox_runtime(args)
     try:
-        rows = sync_now(rt, _org(rt), args.calendar, full=args.full)
+        with _progress(args, "syncing", "calendar") as report:
+            rows = sync_now(rt, _org(rt), args.calendar, full=args.full, progress=report)
     finally:
         rt.engine.dispose()
     _print_calendars(rows, args.json)
@@ -809,15 +1003,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                 print(f"automation export: {exc}", file=sys.stderr)
                 return EX_DATAERR
             output = render(tl, args.format, rt.settings.templates_dir)
-            zipped = (
-                bundle(
-                    tl,
-                    invites(rt, session, org, tl),
-                    {} if args.format == "json" else {f"timeline.{args.format}": output},
-                )
-                if args.bundle
-                else None
-            )
+            zipped = None
+            if args.bundle:
+                with _progress(args, "invites", "series") as report:
+                    calendars = invites(rt, session, org, tl, progress=report)
+                with _progress(args, "bundling", "file") as report:
+                    zipped = bundle(
+                        tl,
+                        calendars,
+                        {} if args.format == "json" else {f"timeline.{args.format}": output},
+                        progress=report,
+                    )
         with transaction(rt.factory) as session:
             audit.record(
                 session,
@@ -842,10 +1038,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if zipped is not None:
         Path(args.bundle).write_bytes(zipped)
     where = f" to {args.out}" if args.out and args.out != "-" else ""
-    print(
+    _note(
+        args,
         f"exported {len(tl.events)} event(s) of {tl.employee['email']}{where} for "
         f"{args.reader} ({why})" + (f"; bundle {args.bundle}" if zipped is not None else ""),
-        file=sys.stderr,
     )
     return EX_OK
 
@@ -867,13 +1063,24 @@ def cmd_privacy_hold(args: argparse.Namespace) -> int:
 
         rows = _privacy_call(args, listing) or []
         if args.json:
-            print(json.dumps([asdict(r) for r in rows], indent=2, default=str))
+            print_json(rows)
         else:
-            for r in rows:
-                state = f"released {r.released_at:%Y-%m-%d}" if r.released_at else "ACTIVE"
-                print(f"{r.id:>4}  {r.person:<32} {state:<20} {r.placed_at:%Y-%m-%d}  {r.reason}")
-            if not rows:
-                print("no legal holds" + ("" if args.all else " active"))
+            print_table(
+                ["id", "person", "state", "placed_at", "placed_by", "released_at", "reason"],
+                [
+                    (
+                        r.id,
+                        r.person,
+                        "released" if r.released_at else "ACTIVE",
+                        r.placed_at,
+                        r.placed_by,
+                        r.released_at,
+                        r.reason,
+                    )
+                    for r in rows
+                ],
+                empty="no legal holds" + ("" if args.all else " active"),
+            )
         return EX_OK
     if not args.employee:
         print(f"automation privacy hold {args.action}: name the employee", file=sys.stderr)
@@ -890,7 +1097,10 @@ def cmd_privacy_hold(args: argparse.Namespace) -> int:
         )
         if hold is None:
             return EX_DATAERR
-        print(f"legal hold {hold} placed on {args.employee}: nothing of theirs is erased")
+        if args.json:
+            print_json({"id": hold, "employee": args.employee.strip().lower(), "state": "active"})
+        else:
+            print(f"legal hold {hold} placed on {args.employee}: nothing of theirs is erased")
         return EX_OK
     released = _privacy_call(
         args,
@@ -900,6 +1110,9 @@ def cmd_privacy_hold(args: argparse.Namespace) -> int:
     )
     if released is None:
         return EX_DATAERR
+    if args.json:
+        print_json({"employee": args.employee.strip().lower(), "released": released})
+        return EX_OK
     print(
         f"legal hold(s) {', '.join(map(str, released))} on {args.employee} released; "
         "deletion requests it held run at the next retention sweep"
@@ -920,7 +1133,7 @@ def cmd_privacy_erase(args: argparse.Namespace) -> int:
         return EX_DATAERR
     request_id, state, removed = result
     if args.json:
-        print(json.dumps({"request": request_id, "state": state, "removed": removed}))
+        print_json({"request": request_id, "state": state, "removed": removed})
     elif state == "held":
         print(
             f"deletion request {request_id} recorded but HELD: {args.employee} is under a legal "
@@ -947,7 +1160,7 @@ def cmd_privacy_sweep(args: argparse.Namespace) -> int:
     if result is None:
         return EX_DATAERR
     if args.json:
-        print(json.dumps(as_dict(result)))
+        print_json(as_dict(result))
     else:
         print(
             f"retention: {result.people_erased} person(s) erased, "
@@ -969,7 +1182,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     finally:
         rt.engine.dispose()
     if args.json:
-        print(json.dumps([{**asdict(c), "intact": c.intact} for c in checks], indent=2))
+        print_json([{**asdict(c), "intact": c.intact} for c in checks])
     else:
         for c in checks:
             if c.intact:
@@ -1031,7 +1244,17 @@ def cmd_pip_start(args: argparse.Namespace) -> int:
     done = _pip_call(args, action)
     if done is None:
         return EX_DATAERR
-    print(f"PIP {done[0]} started for {args.employee}, ends {done[1]:%Y-%m-%d}; plan queued")
+    if args.json:
+        print_json(
+            {
+                "id": done[0],
+                "employee": args.employee.strip().lower(),
+                "template": args.template,
+                "ends_on": done[1].date().isoformat(),  # as `pip list` shows it (UTC)
+            }
+        )
+    else:
+        print(f"PIP {done[0]} started for {args.employee}, ends {done[1]:%Y-%m-%d}; plan queued")
     return EX_OK
 
 
@@ -1039,14 +1262,26 @@ def cmd_pip_extend(args: argparse.Namespace) -> int:
     from automation.services.pips import extend_pip
 
     def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
-        return extend_pip(
+        pip = extend_pip(
             rt, session, org, args.employee, args.days, actor=actor, reason=args.reason
-        ).ends_on
+        )
+        return pip.id, pip.ends_on
 
-    ends = _pip_call(args, action)
-    if ends is None:
+    done = _pip_call(args, action)
+    if done is None:
         return EX_DATAERR
-    print(f"PIP of {args.employee} extended by {args.days} days, now ends {ends:%Y-%m-%d}")
+    pip_id, ends = done
+    if args.json:
+        print_json(
+            {
+                "id": pip_id,
+                "employee": args.employee.strip().lower(),
+                "days": args.days,
+                "ends_on": ends.date().isoformat(),
+            }
+        )
+    else:
+        print(f"PIP of {args.employee} extended by {args.days} days, now ends {ends:%Y-%m-%d}")
     return EX_OK
 
 
@@ -1061,7 +1296,12 @@ def cmd_pip_close(args: argparse.Namespace) -> int:
     pip_id = _pip_call(args, action)
     if pip_id is None:
         return EX_DATAERR
-    print(f"PIP {pip_id} of {args.employee} closed: {args.outcome}")
+    if args.json:
+        print_json(
+            {"id": pip_id, "employee": args.employee.strip().lower(), "outcome": args.outcome}
+        )
+    else:
+        print(f"PIP {pip_id} of {args.employee} closed: {args.outcome}")
     return EX_OK
 
 
@@ -1070,14 +1310,18 @@ def cmd_pip_list(args: argparse.Namespace) -> int:
 
     rows = _pip_call(args, lambda rt, session, org, actor: list_pips(session, org)) or []
     if args.json:
-        print(json.dumps([asdict(r) for r in rows]))
+        print_json(rows)
         return EX_OK
-    for r in rows:
-        print(
-            f"{r.id:>5}  {r.employee:<32} {r.state:<7} {r.outcome or '-':<11} "
-            f"{r.started_on} → {r.ends_on}  documented {r.documented}/{r.milestones}  "
-            f"{'acknowledged' if r.acknowledged else 'not acknowledged'}"
-        )
+    print_table(
+        ["id", "employee", "state", "outcome", "started_on", "ends_on", "documented",
+         "acknowledged", "title"],
+        [
+            (r.id, r.employee, r.state, r.outcome, r.started_on, r.ends_on,
+             f"{r.documented}/{r.milestones}", r.acknowledged, r.title)
+            for r in rows
+        ],
+        empty="no PIPs",
+    )  # fmt: skip
     return EX_OK
 
 
@@ -1110,7 +1354,12 @@ def cmd_warning_create(args: argparse.Namespace) -> int:
     action_id = _pip_call(args, action)
     if action_id is None:
         return EX_DATAERR
-    print(f"{args.kind.replace('_', ' ')} {action_id} recorded for {args.employee}; email queued")
+    if args.json:
+        print_json({"id": action_id, "employee": args.employee.strip().lower(), "kind": args.kind})
+    else:
+        print(
+            f"{args.kind.replace('_', ' ')} {action_id} recorded for {args.employee}; email queued"
+        )
     return EX_OK
 
 
@@ -1139,7 +1388,7 @@ def cmd_goals_import(args: argparse.Namespace) -> int:
     if result is None:
         return EX_DATAERR
     if args.json:
-        print(json.dumps(asdict(result)))
+        print_json(result)
     else:
         print(
             f"imported {args.file}: {result.created} created, {result.updated} updated "
@@ -1150,13 +1399,13 @@ def cmd_goals_import(args: argparse.Namespace) -> int:
 
 def _print_goals(rows: list[Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps([asdict(r) for r in rows]))
+        print_json(rows)
         return
-    for r in rows:
-        print(
-            f"{r.id:>5}  v{r.version:<3} {r.employee:<32} {r.status:<9} {r.due or '-':<10}  "
-            f"{r.title}" + (f"  [{r.success_criteria}]" if r.success_criteria else "")
-        )
+    print_table(
+        ["id", "version", "employee", "status", "due", "title", "success_criteria"],
+        [(r.id, r.version, r.employee, r.status, r.due, r.title, r.success_criteria) for r in rows],
+        empty="no goals",
+    )
 
 
 def cmd_goals_list(args: argparse.Namespace) -> int:
@@ -1181,7 +1430,7 @@ def cmd_goals_show(args: argparse.Namespace) -> int:
     if rows is None:
         return EX_DATAERR
     if args.json:
-        print(json.dumps([asdict(r) for r in rows]))
+        print_json(rows)
         return EX_OK
     for r in rows:
         print(
@@ -1217,7 +1466,7 @@ def cmd_goals_set(args: argparse.Namespace) -> int:
     if change is None:
         return EX_DATAERR
     if args.json:
-        print(json.dumps(asdict(change)))
+        print_json(change)
     elif not change.changed:
         print(f"goal {change.goal_id} “{change.title}”: unchanged (version {change.version})")
     else:
@@ -1257,7 +1506,10 @@ def cmd_development(args: argparse.Namespace) -> int:
         )
         if found is None:
             return EX_DATAERR
-        print(f"development item {found} added for {args.employee}")
+        if args.json:
+            print_json({"id": found, "employee": args.employee.strip().lower(), "kind": args.kind})
+        else:
+            print(f"development item {found} added for {args.employee}")
         return EX_OK
     if args.sub == "close":
         found = _goal_call(
@@ -1270,7 +1522,10 @@ def cmd_development(args: argparse.Namespace) -> int:
         )
         if found is None:
             return EX_DATAERR
-        print(f"development item {args.id}: {found}")
+        if args.json:
+            print_json({"id": args.id, "status": found})
+        else:
+            print(f"development item {args.id}: {found}")
         return EX_OK
     rows = _goal_call(
         args,
@@ -1281,13 +1536,13 @@ def cmd_development(args: argparse.Namespace) -> int:
     if rows is None:
         return EX_DATAERR
     if args.json:
-        print(json.dumps([asdict(r) for r in rows]))
+        print_json(rows)
         return EX_OK
-    for r in rows:
-        print(
-            f"{r.id:>5}  {r.employee:<32} {r.kind:<11} {r.status:<7} "
-            f"{r.discuss_by or '-':<10}  {r.text}"
-        )
+    print_table(
+        ["id", "employee", "kind", "status", "discuss_by", "text"],
+        [(r.id, r.employee, r.kind, r.status, r.discuss_by, r.text) for r in rows],
+        empty="no development items" + ("" if args.all else " open"),
+    )
     return EX_OK
 
 
@@ -1312,26 +1567,29 @@ def cmd_roles_check(args: argparse.Namespace) -> int:
     used = {role: (n, example) for role, n, example in counts}
     unknown = {role: used[role] for role in used if role is not None and role not in roles}
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "roles": {
-                        name: {
-                            "title": r.title,
-                            "file": r.source_file,
-                            "people": used.get(name, (0,))[0],
-                        }
-                        for name, r in sorted(roles.items())
-                    },
-                    "without_role": used.get(None, (0,))[0],
-                    "unknown": {role: {"people": n, "e.g.": e} for role, (n, e) in unknown.items()},
-                }
-            )
+        print_json(
+            {
+                "roles": {
+                    name: {
+                        "title": r.title,
+                        "file": r.source_file,
+                        "people": used.get(name, (0,))[0],
+                    }
+                    for name, r in sorted(roles.items())
+                },
+                "without_role": used.get(None, (0,))[0],
+                "unknown": {role: {"people": n, "e.g.": e} for role, (n, e) in unknown.items()},
+            }
         )
     else:
-        for name, role in sorted(roles.items()):
-            print(f"{name:<24} {role.title:<32} {used.get(name, (0,))[0]:>4} people")
-        print(f"{'(no role)':<24} {'':<32} {used.get(None, (0,))[0]:>4} people")
+        print_table(
+            ["role", "title", "people", "file"],
+            [
+                *((name, r.title, used.get(name, (0,))[0], r.source_file)
+                  for name, r in sorted(roles.items())),
+                ("(no role)", None, used.get(None, (0,))[0], None),
+            ],
+        )  # fmt: skip
         for role, (n, example) in sorted(unknown.items()):
             print(
                 f"unknown role {role!r} on {n} person(s), e.g. {example} (fix: add "
@@ -1368,30 +1626,41 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             except jobs.NotFailed as exc:
                 print(f"refused: {exc}", file=sys.stderr)
                 return EX_DATAERR
-            print(f"{len(ids)} job(s) due again" + (": " + ", ".join(map(str, ids)) if ids else ""))
+            if args.json:
+                print_json({"retried": ids, "count": len(ids)})
+            else:
+                print(
+                    f"{len(ids)} job(s) due again"
+                    + (": " + ", ".join(map(str, ids)) if ids else "")
+                )
             return EX_OK
         with rt.factory() as session:
             if args.sub == "status":
                 counts = jobs.queue_counts(session, org)
                 if args.json:
-                    print(json.dumps([asdict(c) for c in counts], default=str, indent=2))
+                    print_json(counts)
                 else:
-                    print(f"{'kind':<24} {'state':<8} {'count':>7}  oldest due (UTC)")
-                    for c in counts:
-                        oldest = f"{c.oldest_due:%Y-%m-%d %H:%M}" if c.oldest_due else ""
-                        print(f"{c.kind:<24} {c.state:<8} {c.count:>7}  {oldest}")
-                    if not counts:
-                        print("nothing queued")
+                    print_table(
+                        ["kind", "state", "count", "oldest_due (UTC)"],
+                        [(c.kind, c.state, c.count, c.oldest_due) for c in counts],
+                        empty="nothing queued",
+                    )
                 return EX_OK
             failed = jobs.failed_jobs(session, org, args.kind, args.limit)
     finally:
         rt.engine.dispose()
     if args.json:
-        print(json.dumps([asdict(f) for f in failed], default=str, indent=2))
+        print_json(failed)
     else:
-        for f in failed:
-            print(f"{f.id:>7}  {f.kind:<20} attempts {f.attempts:<3} {f.failed_at:%Y-%m-%d %H:%M}")
-            print(f"         {f.key}\n         {f.error.splitlines()[0] if f.error else ''}")
+        if failed:
+            print_table(
+                ["id", "kind", "attempts", "failed_at (UTC)", "key", "error"],
+                [
+                    (f.id, f.kind, f.attempts, f.failed_at, f.key,
+                     f.error.splitlines()[0] if f.error else None)
+                    for f in failed
+                ],
+            )  # fmt: skip
         print(
             f"{len(failed)} failed job(s)"
             + ("; retry with: automation jobs retry ID" if failed else "")
@@ -1440,7 +1709,7 @@ def cmd_report_consistency(args: argparse.Namespace) -> int:
         rt.engine.dispose()
     paths = write_report(report, Path(args.out), rt.settings.templates_dir)
     if args.json:
-        print(json.dumps(as_json(report) | {"files": [str(p) for p in paths]}, indent=2))
+        print_json(as_json(report) | {"files": [str(p) for p in paths]})
     else:
         org = report.org
         print(
@@ -1463,6 +1732,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="settings file (default: $AUTOMATION_CONFIG or config/settings.toml)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every task")
+    _display_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the whole loop over simulated weeks, on local files")
@@ -1494,6 +1764,7 @@ def build_parser() -> argparse.ArgumentParser:
         ends = "" if active else "; ends its sessions"
         p = account.add_parser(name, help=f"{name} an account{ends}")
         p.add_argument("email")
+        p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=cmd_console_account_active, active=active)
 
     p = sub.add_parser(
@@ -1551,6 +1822,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("ingest-mail", help="store one message from stdin (an MTA pipe transport)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_ingest_mail)
 
     p = sub.add_parser(
@@ -1575,10 +1847,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state", choices=["quarantined", "auto_reply", "bounced", "duplicate"], default=None
     )
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inbox_list)
     p = quarantine.add_parser("show", help="one message: headers, reason, hash and text")
     p.add_argument("id", type=int)
-    p.add_argument("--raw", action="store_true", help="write the stored raw bytes to stdout")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--raw", action="store_true", help="write the stored raw bytes to stdout")
+    shown.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inbox_show)
     p = quarantine.add_parser("release", help="process a quarantined message (or auto-reply) again")
     p.add_argument("id", type=int)
@@ -1590,6 +1865,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", help="why (required with --as; kept in the audit log)")
     p.add_argument("--by", help="who is releasing it (default: the login name)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_inbox_release)
 
     people = sub.add_parser("people", help="the organisation").add_subparsers(
@@ -1597,12 +1873,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = people.add_parser("import", help="create or update people from a CSV file")
     p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(func=cmd_people_import)
+    p = people.add_parser("list", help="the people on record: manager, HR partner, role")
+    p.add_argument("--all", action="store_true", help="people who left too")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_people_list)
     p = people.add_parser(
         "mail-ok", help="clear an address flagged as failing and send what was held for it"
     )
     p.add_argument("email")
     p.add_argument("--reason", required=True, help="why it works again (goes in the audit log)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_people_mail_ok)
 
     mail = sub.add_parser("mail", help="outbound and inbound mail").add_subparsers(
@@ -1621,9 +1903,9 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="configuration").add_subparsers(
         dest="sub", required=True
     )
-    config.add_parser("check", help="validate settings, cadences and templates").set_defaults(
-        func=cmd_config_check
-    )
+    p = config.add_parser("check", help="validate settings, cadences and templates")
+    p.add_argument("--json", action="store_true", help="print the problems as JSON")
+    p.set_defaults(func=cmd_config_check)
 
     templates = sub.add_parser("templates", help="email templates").add_subparsers(
         dest="sub", required=True
@@ -1631,8 +1913,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = templates.add_parser("preview", help="render a template with sample data")
     p.add_argument("name")
     p.add_argument("--html", action="store_true", help="print the HTML part")
+    p.add_argument("--json", action="store_true", help="print subject, text and HTML as JSON")
     p.set_defaults(func=cmd_templates_preview)
-    templates.add_parser("list", help="list templates").set_defaults(func=cmd_templates_list)
+    p = templates.add_parser("list", help="list templates")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_templates_list)
 
     calendars = sub.add_parser(
         "calendars", help="connected calendars (Google, Microsoft 365, CalDAV)"
@@ -1746,16 +2031,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--goals", required=True, help="goals file: TOML [[goal]] or CSV goal,success_criteria,…"
     )
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_pip_start)
     p = pip.add_parser("extend", help="extend the active PIP; open reviews move with it")
     p.add_argument("employee")
     p.add_argument("--days", type=int, required=True)
     p.add_argument("--reason", default="")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_pip_extend)
     p = pip.add_parser("close", help="close the active PIP with its outcome")
     p.add_argument("employee")
     p.add_argument("--outcome", required=True, choices=("successful", "extended", "ended"))
     p.add_argument("--note", default="")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_pip_close)
     p = pip.add_parser("list", help="every PIP with its state and documentation")
     p.add_argument("--json", action="store_true")
@@ -1771,6 +2059,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind", default="written_warning", choices=("written_warning", "corrective_action")
     )
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_warning_create)
 
     goals = sub.add_parser("goals", help="people's goals (versioned)").add_subparsers(
@@ -1819,6 +2108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goal", type=int, help="the goal it serves (id)")
     p.add_argument("--pip-goal", type=int, help="the PIP goal it serves (id)")
     p.add_argument("--record", type=int, help="the conversation record it was agreed in (id)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_development)
     p = development.add_parser("list", help="open development items")
     p.add_argument("employee", nargs="?")
@@ -1828,6 +2118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = development.add_parser("close", help="mark an item done or dropped (or open again)")
     p.add_argument("id", type=int)
     p.add_argument("--status", default="done", choices=("done", "dropped", "open"))
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_development)
 
     roles = sub.add_parser("roles", help="role expectations (config/roles)").add_subparsers(
@@ -1856,6 +2147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=int, metavar="ID")
     p.add_argument("--all", action="store_true", help="every failed job (of --kind)")
     p.add_argument("--kind")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_jobs)
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True)
@@ -1874,7 +2166,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="date_to", type=_date_arg, help="last day (UTC), inclusive")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_report_consistency)
+    _display_options_everywhere(parser)
     return parser
+
+
+def _display_options(parser: argparse.ArgumentParser, default: Any = False) -> None:
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no progress bars or remarks on stderr (errors still)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        default=default,
+        help="no progress bars (they only ever show when stderr is a terminal)",
+    )
+
+
+# Services and shell code: no progress to show, and their start lines on stderr are what a
+# service manager's log and the tests wait for, so -q there would promise what it cannot do.
+_NO_DISPLAY_OPTIONS = frozenset({"run", "web", "worker", "completion"})
+
+
+def _display_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    """-q/--quiet and --no-progress after the command as well as before it. The commands'
+    copies default to SUPPRESS: argparse lets a subcommand's defaults overwrite what was
+    given before it, and `automation -q demo` must stay quiet."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
+                    _display_options_everywhere(child)
+                elif name not in _NO_DISPLAY_OPTIONS:
+                    _display_options(child, argparse.SUPPRESS)
 
 
 def _console_password(args: argparse.Namespace) -> str | None:
@@ -1907,7 +2234,10 @@ def cmd_console_account_add(args: argparse.Namespace) -> int:
     created = _operator_call(args, action, AccountError)
     if created is None:
         return EX_DATAERR
-    print(json.dumps(created) if args.json else f"created {created['role']} {created['email']}")
+    if args.json:
+        print_json(created)
+    else:
+        print(f"created {created['role']} {created['email']}")
     return EX_OK
 
 
@@ -1924,7 +2254,7 @@ def cmd_console_account_list(args: argparse.Namespace) -> int:
                 "role": a.role,
                 "active": a.active,
                 "sign_in": "password" if a.password_hash else "openid" if a.oidc_subject else "-",
-                "last_sign_in_at": a.last_sign_in_at.isoformat() if a.last_sign_in_at else None,
+                "last_sign_in_at": a.last_sign_in_at,
             }
             for a in session.scalars(
                 select(ConsoleAccount)
@@ -1935,14 +2265,17 @@ def cmd_console_account_list(args: argparse.Namespace) -> int:
 
     rows = _operator_call(args, action, AutomationError) or []
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
         return EX_OK
-    for r in rows:
-        state = "active" if r["active"] else "disabled"
-        print(
-            f"{r['email']:<36} {r['role']:<11} {state:<9} {r['sign_in']:<9} "
-            f"{r['last_sign_in_at'] or 'never signed in'}"
-        )
+    print_table(
+        ["email", "name", "role", "state", "sign_in", "last_sign_in_at (UTC)"],
+        [
+            (r["email"], r["name"], r["role"], "active" if r["active"] else "disabled",
+             r["sign_in"], r["last_sign_in_at"] or "never")
+            for r in rows
+        ],
+        empty="no console accounts: `automation console account add` creates one",
+    )  # fmt: skip
     return EX_OK
 
 
@@ -1955,7 +2288,10 @@ def cmd_console_account_active(args: argparse.Namespace) -> int:
     email = _operator_call(args, action, AccountError)
     if email is None:
         return EX_DATAERR
-    print(f"{'enabled' if args.active else 'disabled (its sessions ended)'}: {email}")
+    if args.json:
+        print_json({"email": email, "active": args.active})
+    else:
+        print(f"{'enabled' if args.active else 'disabled (its sessions ended)'}: {email}")
     return EX_OK
 
 
@@ -1989,6 +2325,13 @@ def main(argv: list[str] | None = None) -> int:
     except (AutomationError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader stopped early (`automation people list | head`): no traceback. Point
+        # stdout at /dev/null so the interpreter's last flush does not fail again, and exit
+        # as a process ended by SIGPIPE does (128 + 13), like the other tools in a pipe.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import heapq
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -356,8 +357,15 @@ def prepare_out(out: Path) -> None:
 
 
 def run_demo(
-    base: Settings, out: Path, weeks: int = 6, seed: int = 1, start: dt.datetime = DEMO_START
+    base: Settings,
+    out: Path,
+    weeks: int = 6,
+    seed: int = 1,
+    start: dt.datetime = DEMO_START,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DemoSummary:
+    """Run the sample organisation for ``weeks`` on a simulated clock; ``progress`` is told
+    ``(simulated days done, days)`` as the clock passes each day."""
     import dramatiq
 
     from workers.actors import attach
@@ -394,7 +402,11 @@ def run_demo(
                 )
         managers = Managers(rt, seed)
         end = start + dt.timedelta(weeks=weeks)
+        days, reported = weeks * 7, -1
         while True:
+            if progress is not None and (done := (rt.now() - start).days) != reported:
+                reported = done
+                progress(min(done, days), days)
             managers.deliver_due()
             for _ in range(10):  # a task that fell due while the tick ran goes out now too
                 tick(rt)
@@ -410,6 +422,8 @@ def run_demo(
                 break
             clock.advance_to(max(nxt, rt.now() + dt.timedelta(seconds=1)))
         clock.advance_to(end)
+        if progress is not None:
+            progress(days, days)
         summary = summarize(rt, org_id, weeks, seed, out)
         write_report(rt, org_id, summary, out)
         (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")

@@ -26,7 +26,7 @@ import datetime as dt
 import difflib
 import io
 import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -440,12 +440,14 @@ def apply_people(
     actor: str = "import",
     *,
     file: str = "people import",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     """Create or update the people of ``rows`` in one organization, in the caller's transaction.
 
     Raises ImportRejected, having written nothing, if the rows name an unknown manager or HR
     partner or would close a reporting cycle together with people already stored. Each created
-    or changed person gets one audit entry; an unchanged one is not touched.
+    or changed person gets one audit entry; an unchanged one is not touched. ``progress`` is
+    told ``(people done, rows)`` as each person's audit entry is written (the slow part).
     """
     _require_aware(now)
     # Locking the organization serialises imports into it, so the checks hold until commit.
@@ -519,7 +521,9 @@ def apply_people(
     session.flush()
 
     data: dict[str, Any]
-    for r, person, diff in written:
+    if progress is not None:
+        progress(unchanged, len(rows))  # unchanged people need no more work
+    for done, (r, person, diff) in enumerate(written, start=unchanged + 1):
         if diff is None:
             action = "person.created"
             data = {
@@ -543,15 +547,22 @@ def apply_people(
             at=now,
             data=data,
         )
+        if progress is not None:
+            progress(done, len(rows))
     session.flush()
     created = sum(1 for _, _, changes in written if changes is None)
     return ImportResult(created=created, updated=len(written) - created, unchanged=unchanged)
 
 
 def import_people_file(
-    session: Session, organization_id: int, path: Path, now: dt.datetime
+    session: Session,
+    organization_id: int,
+    path: Path,
+    now: dt.datetime,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
-    """Read, check and apply one people file (UTF-8, with or without a byte-order mark)."""
+    """Read, check and apply one people file (UTF-8, with or without a byte-order mark);
+    ``progress`` as in :func:`apply_people`."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -564,7 +575,7 @@ def import_people_file(
         select(Person.email).where(Person.organization_id == organization_id)
     ).all()
     rows = parse_people_csv(text, str(path), existing)
-    return apply_people(session, organization_id, rows, now, file=str(path))
+    return apply_people(session, organization_id, rows, now, file=str(path), progress=progress)
 
 
 def ensure_organization(session: Session, slug: str, name: str, now: dt.datetime) -> Organization:

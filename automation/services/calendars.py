@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -644,11 +644,15 @@ def calendar_status(rt: Runtime, organization_id: int) -> list[CalendarStatus]:
 
 
 def connect_calendars(
-    rt: Runtime, organization_id: int, calendars: Sequence[str] = ()
+    rt: Runtime,
+    organization_id: int,
+    calendars: Sequence[str] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[CalendarStatus]:
     """Check the provider credentials on each organizer's calendar by a full sync, and open
     push channels where the provider has them. Each calendar in its own transaction, so one
-    broken mailbox is reported and does not stop the others."""
+    broken mailbox is reported and does not stop the others. ``progress`` is told
+    ``(calendars done, calendars)`` after each."""
     if rt.calendar.name in ("local", "imip"):
         raise ValueError(
             f"calendar_provider is {rt.calendar.name!r}: set it to google, graph or caldav "
@@ -656,11 +660,12 @@ def connect_calendars(
         )
     with rt.factory() as session:
         targets = [c.lower() for c in calendars] or organizers(session, organization_id)
+    targets = [c for c in targets if connected(rt.settings, c)]
     out = []
     for calendar in targets:
-        if not connected(rt.settings, calendar):
-            continue
         out.append(_connect_one(rt, organization_id, calendar))
+        if progress is not None:
+            progress(len(out), len(targets))
     return out
 
 
@@ -683,9 +688,14 @@ def _connect_one(rt: Runtime, organization_id: int, calendar: str) -> CalendarSt
 
 
 def sync_now(
-    rt: Runtime, organization_id: int, calendars: Sequence[str] = (), full: bool = False
+    rt: Runtime,
+    organization_id: int,
+    calendars: Sequence[str] = (),
+    full: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[CalendarStatus]:
-    """Sync the given (default: every known) calendar right away, in this process."""
+    """Sync the given (default: every known) calendar right away, in this process;
+    ``progress`` is told ``(calendars done, calendars)`` after each."""
     with rt.factory() as session:
         rows = list(
             session.scalars(
@@ -701,6 +711,8 @@ def sync_now(
         with transaction(rt.factory) as session:
             sync = ensure_sync(session, organization_id, rt.calendar.name, calendar, rt.now())
             out.append(_status(sync, sync_calendar(rt, session, sync, full=full)))
+        if progress is not None:
+            progress(len(out), len(wanted))
     return out
 
 

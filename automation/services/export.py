@@ -27,7 +27,7 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -941,13 +941,20 @@ def render(tl: Timeline, fmt: str, templates_dir: Path) -> bytes:
 # --- the bundle ------------------------------------------------------------------------------
 
 
-def invites(rt: Any, session: Session, organization_id: int, tl: Timeline) -> dict[str, bytes]:
+def invites(
+    rt: Any,
+    session: Session,
+    organization_id: int,
+    tl: Timeline,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, bytes]:
     """Each series' calendar (.ics), as the embedded provider writes it; DTSTAMP is the
-    series' last change, so the same database gives the same bytes."""
+    series' last change, so the same database gives the same bytes. ``progress`` is told
+    ``(series done, series)`` after each."""
     from automation.domain.ical import series_calendar
     from automation.services.planning import series_event
 
-    out = {}
+    out: dict[str, bytes] = {}
     for info in tl.series:
         series = session.scalar(
             select(CheckinSeries).where(
@@ -957,13 +964,21 @@ def invites(rt: Any, session: Session, organization_id: int, tl: Timeline) -> di
         assert series is not None
         event = series_event(rt, session, series)
         out[info.path] = series_calendar(event, series.updated_at).to_ical()
+        if progress is not None:
+            progress(len(out), len(tl.series))
     return out
 
 
-def bundle(tl: Timeline, extra: dict[str, bytes], formats: dict[str, bytes] | None = None) -> bytes:
+def bundle(
+    tl: Timeline,
+    extra: dict[str, bytes],
+    formats: dict[str, bytes] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> bytes:
     """A zip: timeline.json, the raw sources (sources/<sha256>.eml), the sent messages
     (sent/<sha256>.eml), the invites (invites/<uid>.ics), any rendered ``formats``
-    (timeline.html, ...), and MANIFEST.txt with the path, size and SHA-256 of each."""
+    (timeline.html, ...), and MANIFEST.txt with the path, size and SHA-256 of each.
+    ``progress`` is told ``(files written, files)`` as each goes into the zip."""
     files = {**tl.files, **extra, "timeline.json": render_json(tl), **(formats or {})}
     manifest = ["# path\tsize\tsha256"]
     for path in sorted(files):
@@ -972,11 +987,13 @@ def bundle(tl: Timeline, extra: dict[str, bytes], formats: dict[str, bytes] | No
     files["MANIFEST.txt"] = ("\n".join(manifest) + "\n").encode()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(files):
+        for done, path in enumerate(sorted(files), start=1):
             info = zipfile.ZipInfo(path, ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             archive.writestr(info, files[path])
+            if progress is not None:
+                progress(done, len(files))
     return buffer.getvalue()
 
 
