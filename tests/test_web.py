@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -676,11 +677,34 @@ def test_automation_web_serves_healthz_and_the_webhooks_over_http(tmp_path):
 
 
 def test_automation_run_serves_the_web_app_beside_the_tick(tmp_path):
+    """On the embedded default, `automation run` serves the webhooks and the HR console: an
+    account added with the CLI signs in over HTTP and opens the console's pages."""
     port = free_port()
     process = Process("run", "--port", str(port), tmp_path=tmp_path)
     try:
         assert process.healthz(port).status_code == 200
         assert "in-process worker" in process.stderr
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOMATION_")}
+        env.update({"AUTOMATION_DATA_DIR": str(tmp_path / "data"), "AUTOMATION_SECRET_KEY": "t"})
+        password = "a long enough password"
+        added = subprocess.run(
+            [sys.executable, "-m", "automation.cli", "console", "account", "add",
+             "hr@acme.test", "--role", "hr_admin", "--password-stdin"],
+            input=password.encode(), env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as browser:
+            form = browser.get("/console/sign-in")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+            signed = browser.post(
+                "/console/sign-in",
+                data={"email": "hr@acme.test", "password": password, "csrf": csrf},
+            )
+            assert signed.status_code == 303 and signed.headers["location"] == "/console/"
+            for page in ("/console/", "/console/people", "/console/queue", "/console/templates"):
+                answer = browser.get(page)
+                assert answer.status_code == 200, (page, answer.text[:300])
+                assert "Sign out" in answer.text
     finally:
         code = process.stop()
     assert code == 0, process.stderr
