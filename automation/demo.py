@@ -381,6 +381,7 @@ def run_demo(
         organization="example",
         secret_key=base.secret_key or f"demo-secret-{seed}",
     )
+    write_settings(settings, out)
     clock = SimulatedClock(start)
     rt = attach(build_runtime(settings, clock))
     install(rt)
@@ -643,6 +644,35 @@ def write_report(rt: Runtime, org_id: int, summary: DemoSummary, out: Path) -> N
     (out / "report.html").write_text(html)
 
 
+def write_settings(settings: Settings, out: Path) -> Path:
+    """``<out>/settings.toml``: the demo's data as a settings file, so the HR console (and
+    every command) can open it with ``--config <out>/settings.toml``."""
+    import json
+
+    def quoted(value: object) -> str:  # a JSON string is a valid TOML basic string
+        return json.dumps(str(value), ensure_ascii=False)
+
+    lines = [
+        "# Written by `automation demo`: the demo's database and files, for the console and",
+        "# the other commands (automation --config <this file> ...). `automation web` serves",
+        "# the console without ticking: a tick in real time would run the months since the",
+        "# demo's simulated weeks at once.",
+        f"data_dir = {quoted(out.resolve())}",
+        f"config_dir = {quoted(settings.config_dir.resolve())}",
+        f"templates_dir = {quoted(settings.templates_dir.resolve())}",
+        'broker_url = "stub"',
+        f"organization = {quoted(settings.organization)}",
+        f"organization_name = {quoted(settings.organization_name)}",
+        f"secret_key = {quoted(settings.secret_key)}",
+        f"mail_from = {quoted(settings.mail_from)}",
+        f"reply_domain = {quoted(settings.reply_domain)}",
+        'base_url = "http://127.0.0.1:8080"',
+    ]
+    path = out / "settings.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def format_summary(s: DemoSummary) -> str:
     lines = [
         f"Simulated {s.weeks} weeks for {s.people} people (seed {s.seed}).",
@@ -671,5 +701,11 @@ def format_summary(s: DemoSummary) -> str:
         "  mail/outbox/new/   every email sent, as .eml files",
         "  calendars/         one .ics feed per person (open in any calendar app)",
         "  automation.db      the SQLite database (the truth)",
+        "",
+        "Browse it in the HR console (an account for you, then the web app):",
+        f"  automation --config {s.out}/settings.toml console account add you@example.com "
+        "--role hr_admin --password-stdin",
+        f"  automation --config {s.out}/settings.toml web     "
+        "# then open http://127.0.0.1:8080/console/",
     ]
     return "\n".join(lines)

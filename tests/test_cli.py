@@ -143,6 +143,13 @@ def test_demo_runs_the_whole_loop_deterministically(env, tmp_path):
     assert {k: counts[k] for k in KEYS if counts[k] <= 0} == {}
     assert counts["audit_chain_intact"] is True
     assert (tmp_path / "one" / "report.html").stat().st_size > 1000
+    # Its settings file opens the demo's data from anywhere (the console, every command).
+    listed = automation(
+        "--config", str(tmp_path / "one" / "settings.toml"), "people", "list", "--json",
+        env={k: v for k, v in env.items() if k != "AUTOMATION_DATA_DIR"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == counts["people"]
     # Everyone is in at least one 1:1 (the head as the managers' manager).
     assert len(list((tmp_path / "one" / "calendars").glob("*.ics"))) == counts["people"]
     second = automation("demo", "--json", "--out", str(tmp_path / "two"), env=env)
