@@ -551,10 +551,11 @@ class Escalation(OrgScoped, Base):
 
 
 class Reassignment(OrgScoped, Base):
-    """Who documents a subject (a check-in) from now on, instead of its manager: the manager
-    is on leave, so their manager or the HR partner takes it over. Rows are only ever added;
-    the latest of a subject wins (see :func:`automation.services.escalation.reassign`).
-    ``by`` is the actor as the audit log names them (``console:<address>``)."""
+    """Who documents a subject (a check-in or a PIP review) from now on, instead of its manager
+    or reviewer: the manager is on leave, so their manager or the HR partner takes it over.
+    Rows are only ever added; the latest of a subject wins (see
+    :func:`automation.services.escalation.reassign`). ``by`` is the actor as the audit log
+    names them (``console:<address>``)."""
 
     __tablename__ = "reassignments"
     __table_args__ = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -162,6 +163,50 @@ def test_reassigning_from_the_queue(console: Console, clock: SimulatedClock) -> 
     assert prompt.recipients == ["ceo@acme.test"] and prompt.occurrence_id == ana.id
     row = row_of(console.client.get("/console/queue").text, ana)
     assert re.search(r"Cleo Chief <span class=\"tag\">reassigned</span>", row)
+
+
+def test_a_pip_review_row_offers_reassign_and_reassigns_it(
+    console: Console,  # noqa: F811
+    clock: SimulatedClock,
+    tmp_path: Path,
+) -> None:
+    from tests.test_pip_reviews import start
+    from tests.test_pips import milestones
+
+    pip_id = start(console.rt, console.org, tmp_path)
+    review = milestones(console.rt, pip_id, "review")[0]
+    advance(console, clock, review.due_at + dt.timedelta(hours=2))
+    csrf = console.sign_in("admin@acme.test", role="hr_admin")
+    ceo = console.person("ceo@acme.test")
+
+    def row() -> str:
+        page = console.client.get("/console/queue").text
+        match = re.search(rf'<tr id="pip_review-{review.id}">(.*?)</tr>', page, re.S)
+        assert match, page
+        return match.group(1)
+
+    before = row()
+    assert "PIP review \u201cDay 15 review\u201d" in before and "Bea Boss" in before
+    assert 'action="/console/queue/reassign"' in before
+    assert '<input type="hidden" name="kind" value="pip_review">' in before
+    assert f'<option value="{ceo.id}">Cleo Chief &lt;ceo@acme.test&gt;</option>' in before
+    moved = console.client.post(
+        "/console/queue/reassign",
+        data={"csrf": csrf, "kind": "pip_review", "id": str(review.id), "person": str(ceo.id),
+              "reason": "Bea is on leave"},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert moved.status_code == 303
+    assert moved.headers["location"] == "/console/queue?notice=queue-reassigned"
+    (entry,) = audits(console, "escalation.reassigned")
+    assert entry.subject_kind == "pip_review" and entry.subject_id == review.id
+    assert entry.actor == "console:admin@acme.test" and entry.data["to"] == "ceo@acme.test"
+    with console.rt.factory() as session:
+        prompt = session.scalars(
+            select(OutboundMessage).where(OutboundMessage.idempotency_key.like("reassigned:%"))
+        ).one()
+    assert prompt.recipients == ["ceo@acme.test"] and prompt.pip_review_id == review.id
+    assert re.search(r"Cleo Chief <span class=\"tag\">reassigned</span>", row())
 
 
 def test_a_manager_sees_and_acts_only_on_their_chain(

@@ -1,5 +1,5 @@
-"""Reassigning who documents a check-in, acknowledging its escalation, and the overdue queue,
-at the service level, through the real ladder and the real inbound path."""
+"""Reassigning who documents a check-in or a PIP review, acknowledging its escalation, and the
+overdue queue, at the service level, through the real ladder and the real inbound path."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sqlalchemy import event, inspect, select
 
 from automation.clock import SimulatedClock
 from automation.db import make_engine, migrate, transaction
+from automation.domain.cadence import LadderStep
 from automation.models import (
     Acknowledgement,
     AuditEntry,
@@ -28,6 +29,7 @@ from automation.models import (
     Occurrence,
     OutboundMessage,
     Person,
+    PipReview,
     Reassignment,
 )
 from automation.models import Cadence as CadenceRow
@@ -256,10 +258,14 @@ def test_who_cannot_be_chosen_and_what_cannot_be_reassigned(
     ):
         with pytest.raises(QueueError, match=message):
             reassign(rt, org, occ, target)
-    with pytest.raises(QueueError, match="Only check-ins"), transaction(rt.factory) as session:
-        escalation.reassign(
-            rt, session, org, "pip_review", 1, person(rt, org, "ceo@acme.test").id, actor="t"
-        )
+    ceo_id = person(rt, org, "ceo@acme.test").id
+    with (
+        pytest.raises(QueueError, match="Only check-ins and PIP reviews"),
+        transaction(rt.factory) as session,
+    ):
+        escalation.reassign(rt, session, org, "acknowledgement", 1, ceo_id, actor="t")
+    with pytest.raises(QueueError, match="No such PIP review"), transaction(rt.factory) as session:
+        escalation.reassign(rt, session, org, "pip_review", 999999, ceo_id, actor="t")
     with transaction(rt.factory) as session:
         session.get(Occurrence, occ.id).documented_at = rt.now()  # type: ignore[union-attr]
     with pytest.raises(QueueError, match="documented already"):
@@ -419,3 +425,176 @@ def test_the_queue_lists_pip_milestones_and_unanswered_acknowledgement_requests(
     assert {i.responsible.email for i in checkins} == {"boss@acme.test"}
     assert all(i.sent for i in checkins)
     assert not {i.kind for i in elsewhere.items} & {"pip_review", "acknowledgement"}
+
+
+# --- PIP reviews ----------------------------------------------------------------------------
+
+# Remind the reviewer at the due time and two business days later, then tell the HR partner:
+# the second reminder is the "next ladder step" of a review reassigned once it is overdue.
+PIP_LADDER = (
+    LadderStep(0, "manager", "reminder"),
+    LadderStep(2, "manager", "reminder"),
+    LadderStep(4, "hr_partner", "escalation"),
+)
+
+
+def reassign_review(
+    rt: Runtime, org: int, review_id: int, to: str, reason: str = ""
+) -> Reassignment:
+    with transaction(rt.factory) as session:
+        return escalation.reassign(
+            rt, session, org, "pip_review", review_id, person(rt, org, to).id,
+            actor="console:hr@acme.test", reason=reason,
+        )  # fmt: skip
+
+
+def review_outbox(rt: Runtime, review_id: int) -> list[OutboundMessage]:
+    with rt.factory() as session:
+        return list(
+            session.scalars(
+                select(OutboundMessage)
+                .where(OutboundMessage.pip_review_id == review_id)
+                .order_by(OutboundMessage.id)
+            )
+        )
+
+
+def review_steps(rt: Runtime, review_id: int) -> list[tuple[int, str]]:
+    with rt.factory() as session:
+        rows = session.execute(
+            select(Escalation.step, Person.email)
+            .join(Person, Person.id == Escalation.recipient_id)
+            .where(Escalation.subject_kind == "pip_review", Escalation.subject_id == review_id)
+            .order_by(Escalation.step)
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def plain(message: OutboundMessage) -> str:
+    parsed = email.message_from_bytes(message.raw, policy=email.policy.default)
+    return " ".join(parsed.get_body(("plain",)).get_content().split())  # type: ignore[union-attr]
+
+
+def test_an_overdue_pip_review_reassigned_is_prompted_reminded_and_documented_by_the_new_person(
+    rt: Runtime, org: int, clock: SimulatedClock, tmp_path: Path
+) -> None:
+    from tests.test_pip_reviews import ALL_ANSWERS, start
+    from tests.test_pips import milestones
+
+    pip_id = start(rt, org, tmp_path, ladder=PIP_LADDER)
+    review = milestones(rt, pip_id, "review")[0]
+    advance(rt, clock, review.due_at + dt.timedelta(hours=2))
+    (original,) = [m for m in review_outbox(rt, review.id) if m.kind == "pip_review"]
+    assert original.recipients == ["boss@acme.test"]
+    assert review_steps(rt, review.id) == [(0, "boss@acme.test")]
+
+    row = reassign_review(rt, org, review.id, "ceo@acme.test", reason="Bea is on sick leave")
+
+    # The new reviewer gets the review email at once: its questions, the reply address that
+    # documents the review (the same as the manager's), worded for someone not the manager.
+    (prompt,) = [m for m in review_outbox(rt, review.id) if m.idempotency_key.startswith("re")]
+    assert prompt.idempotency_key == f"reassigned:pip_review:{review.id}:{row.id}"
+    assert prompt.kind == "pip_review" and prompt.recipients == ["ceo@acme.test"]
+    headers = email.message_from_bytes(prompt.raw, policy=email.policy.default)
+    first = email.message_from_bytes(original.raw, policy=email.policy.default)
+    assert str(headers["Reply-To"]) == str(first["Reply-To"])
+    text = plain(prompt)
+    assert text.startswith("Hi Cleo Chief,") and "Day 15 review of Ana Souza's" in text
+    assert "1. Goals and their measurable success criteria (still as agreed?)" in text
+    assert "4. Outcome of this review (on track / at risk / not met)" in text
+    assert "share the agreed actions with Ana Souza and Bea Boss" in text
+    (entry,) = audits(rt, "escalation.reassigned")
+    assert entry.subject_kind == "pip_review" and entry.subject_id == review.id
+    assert entry.data == {
+        "reassignment_id": row.id,
+        "from": "boss@acme.test",
+        "to": "ceo@acme.test",
+        "reason": "Bea is on sick leave",
+    }
+    with rt.factory() as session:
+        subject = escalation.load_subject(session, org, "pip_review", review.id)
+        assert subject is not None and subject.responsible.email == "ceo@acme.test"
+        assert subject.prompt_key == prompt.idempotency_key
+        (item,) = [
+            i
+            for i in escalation.overdue_queue(session, org, rt.now()).items
+            if i.kind == "pip_review" and i.id == review.id
+        ]
+        assert item.reassignable and item.reassigned
+        assert item.responsible.email == "ceo@acme.test"
+        assert item.next_step is not None and item.next_step.to is not None
+        assert (item.next_step.step, item.next_step.to.email) == (1, "ceo@acme.test")
+
+    # The next ladder step reminds the new reviewer, in their thread, with the reply address
+    # that documents the review.
+    advance(rt, clock, review.due_at + dt.timedelta(days=3))
+    assert review_steps(rt, review.id) == [(0, "boss@acme.test"), (1, "ceo@acme.test")]
+    reminder = [m for m in review_outbox(rt, review.id) if m.kind == "remind"][-1]
+    assert reminder.recipients == ["ceo@acme.test"]
+    parsed = email.message_from_bytes(reminder.raw, policy=email.policy.default)
+    assert str(parsed["In-Reply-To"]) == prompt.message_id
+    assert str(parsed["Reply-To"]) == str(headers["Reply-To"])
+
+    # Someone unrelated is still refused; nothing is documented by them.
+    stranger = deliver(rt, reply(rt, prompt, "Max Other <max@acme.test>", ALL_ANSWERS), "max")
+    assert stranger.state == "quarantined"
+    assert "not a participant of this PIP review" in (stranger.quarantine_reason or "")
+    with rt.factory() as session:
+        assert session.get(PipReview, review.id).documented_at is None  # type: ignore[union-attr]
+
+    recorded = deliver(rt, reply(rt, prompt, "Cleo Chief <ceo@acme.test>", ALL_ANSWERS), "ceo")
+    assert recorded.state == "recorded"
+    with rt.factory() as session:
+        done = session.get(PipReview, review.id)
+        assert done is not None and done.documented_at is not None
+        (record,) = session.scalars(
+            select(ConversationRecord).where(
+                ConversationRecord.subject_kind == "pip_review",
+                ConversationRecord.subject_id == review.id,
+            )
+        ).all()
+        author = session.get(Person, record.author_id)
+        assert author is not None and author.email == "ceo@acme.test"
+        assert len(record.answers) == 4
+        queue = escalation.overdue_queue(session, org, rt.now())
+        assert review.id not in {i.id for i in queue.items if i.kind == "pip_review"}
+    # Documented: the ladder stops (the HR partner's step never goes out).
+    advance(rt, clock, review.due_at + dt.timedelta(days=10))
+    assert review_steps(rt, review.id) == [(0, "boss@acme.test"), (1, "ceo@acme.test")]
+
+
+def test_a_pip_review_reassigned_to_someone_who_leaves_goes_back_to_its_reviewer(
+    rt: Runtime, org: int, tmp_path: Path
+) -> None:
+    from tests.test_pip_reviews import start
+    from tests.test_pips import milestones
+
+    pip_id = start(rt, org, tmp_path, reviewer="hr_partner")
+    review = milestones(rt, pip_id, "review")[0]
+    checkin = milestones(rt, pip_id, "checkin")[0]
+    with pytest.raises(QueueError, match="Hal Hr documents it already"):
+        reassign_review(rt, org, review.id, "hr@acme.test")
+    with pytest.raises(QueueError, match="cannot document their own PIP review"):
+        reassign_review(rt, org, review.id, "ana@acme.test")
+    # An HR partner's review to the manager: they document it now. A weekly check-in (the
+    # manager's) can move too.
+    reassign_review(rt, org, review.id, "boss@acme.test")
+    moved = reassign_review(rt, org, checkin.id, "ceo@acme.test")
+    with rt.factory() as session:
+        subject = escalation.load_subject(session, org, "pip_review", review.id)
+        assert subject is not None and subject.documenter is None
+        assert subject.responsible.email == "boss@acme.test"
+        subject = escalation.load_subject(session, org, "pip_review", checkin.id)
+        assert subject is not None and subject.responsible.email == "ceo@acme.test"
+        assert subject.prompt_key == f"reassigned:pip_review:{checkin.id}:{moved.id}"
+    # Cleo leaves: the check-in is the manager's again rather than nobody's.
+    with transaction(rt.factory) as session:
+        session.get(Person, moved.person_id).active = False  # type: ignore[union-attr]
+    with rt.factory() as session:
+        subject = escalation.load_subject(session, org, "pip_review", checkin.id)
+        assert subject is not None and subject.responsible.email == "boss@acme.test"
+        assert subject.prompt_key == f"pip_review:{checkin.id}"
+    with transaction(rt.factory) as session:
+        session.get(PipReview, review.id).documented_at = rt.now()  # type: ignore[union-attr]
+    with pytest.raises(QueueError, match="documented already, or its PIP is closed"):
+        reassign_review(rt, org, review.id, "ceo@acme.test")

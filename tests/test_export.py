@@ -82,7 +82,24 @@ def weeks(rt, org, clock):  # type: ignore[no-untyped-def]
 
 
 def test_export_json_is_the_whole_timeline_in_the_readers_zone(rt, org, weeks):
+    from automation.models import Person, PipReview
+    from automation.services import escalation
+
     first, second = weeks
+    # The overdue check-in and the PIP review were reassigned in the console's queue.
+    with transaction(rt.factory) as session:
+        hal = session.scalar(select(Person).where(Person.email == "hr@acme.test"))
+        review_id = session.scalars(select(PipReview.id)).one()
+        moved = [
+            escalation.reassign(
+                rt, session, org, kind, subject_id, hal.id,
+                actor="console:hr@acme.test", reason=reason,
+            ).id
+            for kind, subject_id, reason in (
+                ("occurrence", second.id, f"Bea is travelling {SCRIPT}"),
+                ("pip_review", review_id, ""),
+            )
+        ]  # fmt: skip
     with rt.factory() as session:
         tl = export.timeline(session, org, ANA, "America/Los_Angeles")
         again = export.timeline(session, org, ANA, "America/Los_Angeles")
@@ -103,7 +120,9 @@ def test_export_json_is_the_whole_timeline_in_the_readers_zone(rt, org, weeks):
         "email_sent",
         "pip",
         "pip_review",
+        "reassignment",
     }
+    assert {e["kind"] for e in events} <= set(export.KIND_ORDER)  # every kind is documented
     checkins = [e for e in events if e["kind"] == "checkin"]
     assert {e["details"]["occurrence_id"] for e in checkins} >= {first.id, second.id}
 
@@ -136,6 +155,43 @@ def test_export_json_is_the_whole_timeline_in_the_readers_zone(rt, org, weeks):
     ]
     assert all(any(x["kind"] == "outbound" for x in s["sources"]) for s in steps)
     assert any(s["details"]["subject_kind"] == "pip_review" for s in steps)
+
+    # Reassignments: when, from whom to whom, by whom and why, citing the audit entry and the
+    # prompt sent to the new person (listed after the reassignment, at the same time).
+    moves = [e for e in events if e["kind"] == "reassignment"]
+    assert [e["ref"] for e in moves] == [f"reassignment:{i}" for i in moved]
+    checkin_move, review_move = moves
+    assert checkin_move["details"] == {
+        "reassignment_id": moved[0],
+        "subject_kind": "occurrence",
+        "subject_id": second.id,
+        "from": "Bea Boss <boss@acme.test>",
+        "to": "Hal Hr <hr@acme.test>",
+        "by": "console:hr@acme.test",
+        "reason": f"Bea is travelling {SCRIPT}",
+    }
+    assert checkin_move["summary"] == (
+        f"Reassigned check-in {second.id} from Bea Boss to Hal Hr by console:hr@acme.test: "
+        f"Bea is travelling {SCRIPT}"
+    )
+    assert review_move["summary"] == (
+        f"Reassigned PIP review {review_id} from Bea Boss to Hal Hr by console:hr@acme.test"
+    )
+    assert review_move["details"]["reason"] is None
+    audit_by_seq = {a["seq"]: a for a in data["audit"]}
+    for move, kind, subject_id in (
+        (checkin_move, "occurrence", second.id),
+        (review_move, "pip_review", review_id),
+    ):
+        (entry,) = [s for s in move["sources"] if s["kind"] == "audit"]
+        cited = audit_by_seq[entry["id"]]
+        assert cited["action"] == "escalation.reassigned"
+        assert (cited["subject_kind"], cited["subject_id"]) == (kind, subject_id)
+        assert cited["data"]["reassignment_id"] == move["details"]["reassignment_id"]
+        (sent,) = [s for s in move["sources"] if s["kind"] == "outbound"]
+        (prompt,) = [e for e in events if e["ref"] == f"email_sent:{sent['id']}"]
+        assert prompt["time"] == move["time"] and events.index(prompt) > events.index(move)
+        assert prompt["details"]["to"] == ["hr@acme.test"]
     # A reader elsewhere sees the same instants on another clock.
     with rt.factory() as session:
         tokyo = export.to_data(export.timeline(session, org, ANA, "Asia/Tokyo"))

@@ -26,9 +26,11 @@ from automation.models import (
     InboundState,
     OutboundMessage,
     Person,
+    PipReview,
+    Reassignment,
 )
 from automation.people import import_people_file
-from automation.services import privacy
+from automation.services import escalation, export, privacy
 from automation.services.pips import close_pip
 from automation.settings import Settings
 from tests.conftest import ACME_PEOPLE, start_organization
@@ -64,6 +66,16 @@ def _leave(rt, tmp_path: Path, org: int, email: str = ANA) -> None:  # type: ign
     csv.write_text("\n".join(rows) + "\n")
     with transaction(rt.factory) as session:
         import_people_file(session, org, csv, rt.now())
+
+
+def _reassign(rt, org: int, kind: str, subject_id: int, to: str, reason: str) -> int:  # type: ignore[no-untyped-def]
+    """Reassign a subject in the console's overdue queue; the row's id."""
+    with transaction(rt.factory) as session:
+        row = escalation.reassign(
+            rt, session, org, kind, subject_id, _person(session, org, to).id,
+            actor="console:hr@acme.test", reason=reason,
+        )  # fmt: skip
+        return row.id
 
 
 def _all_text(rt) -> str:  # type: ignore[no-untyped-def]
@@ -104,7 +116,7 @@ def test_a_deletion_request_removes_personal_data_keeps_the_skeleton_and_the_cha
     weeks,
     tmp_path,  # noqa: F811
 ):
-    first, _ = weeks
+    first, second = weeks
     with rt.factory() as session:
         kai_created = session.scalar(
             select(AuditEntry).where(
@@ -112,6 +124,20 @@ def test_a_deletion_request_removes_personal_data_keeps_the_skeleton_and_the_cha
                 AuditEntry.data["email"].as_string() == "kai@acme.test",
             )
         )
+        review_id = session.scalars(select(PipReview.id)).one()
+    # Her overdue check-in and PIP review were reassigned, with reasons that are personal data;
+    # a reassignment of Kai's check-in is not about her.
+    moved = [
+        _reassign(rt, org, "occurrence", second.id, "vp@acme.test", "Bea is on sick leave"),
+        _reassign(rt, org, "pip_review", review_id, "hr@acme.test", "Bea: sick leave, again"),
+    ]
+    kai_moved = _reassign(
+        rt, org, "occurrence", occurrences(rt, "kai@acme.test")[0].id, "vp@acme.test", "Busy"
+    )
+    with rt.factory() as session:
+        kept = {
+            r.id: (r.person_id, r.by, r.created_at) for r in session.scalars(select(Reassignment))
+        }
     with (
         transaction(rt.factory) as session,
         pytest.raises(privacy.PrivacyError, match="still active"),
@@ -134,10 +160,25 @@ def test_a_deletion_request_removes_personal_data_keeps_the_skeleton_and_the_cha
         request = privacy.request_erasure(session, org, ANA, "REQ-1", "hr@acme.test", rt.now())
     assert request.state == "done" and request.removed["records"] == 2
     assert request.removed["received_mail"] >= 2 and request.removed["sent_mail"] >= 3
+    assert request.removed["reassignments"] == 2
 
-    # Nothing that names her is left anywhere in the database, audit log included.
+    # Nothing that names her is left anywhere in the database, audit log included, nor why
+    # her check-in and review were reassigned.
     text = _all_text(rt)
     assert "ana souza" not in text and ANA not in text and "souza" not in text
+    assert "sick leave" not in text
+    with rt.factory() as session:
+        rows = {r.id: r for r in session.scalars(select(Reassignment))}
+        # The rows stay (who took it over, who moved it, when); only the reasons go.
+        assert {i: (r.person_id, r.by, r.created_at) for i, r in rows.items()} == kept
+        assert [rows[i].reason for i in moved] == ["", ""]
+        assert rows[kai_moved].reason == "Busy"
+        # Her export still shows the reassignments, without a reason.
+        data = export.to_data(export.timeline(session, org, f"erased-{ana_id}@invalid", "UTC"))
+    events = [e for e in data["events"] if e["kind"] == "reassignment"]
+    assert [e["ref"] for e in events] == [f"reassignment:{i}" for i in moved]
+    assert all(e["details"]["reason"] is None for e in events)
+    assert events[0]["details"]["to"] == "Vic Vp <vp@acme.test>"
     with rt.factory() as session:
         # The skeleton stays: her records (now empty), their times and versions, her row.
         records = session.scalars(
@@ -254,6 +295,8 @@ def test_a_legal_hold_stops_a_deletion_request_until_it_is_released(rt, org, wee
 
 
 def test_retention_erases_leavers_and_expires_mail_except_under_a_hold(rt, org, clock, tmp_path):
+    kai_checkin = occurrences(rt, "kai@acme.test")[0]
+    moved = _reassign(rt, org, "occurrence", kai_checkin.id, "vp@acme.test", "Bea on sick leave")
     _leave(rt, tmp_path, org, "kai@acme.test")
     advance_until(rt, clock, rt.now() + dt.timedelta(days=8))  # agendas and prompts go out
     now = rt.now()
@@ -283,6 +326,11 @@ def test_retention_erases_leavers_and_expires_mail_except_under_a_hold(rt, org, 
         later = privacy.sweep(session, org, policy, rt.now())
         again = privacy.sweep(session, org, policy, rt.now())
     assert later.people_erased == 1 and later.sent_mail_erased > 0
+    with rt.factory() as session:
+        row = session.get(Reassignment, moved)
+        assert row is not None and row.reason == "" and row.subject_id == kai_checkin.id
+        (erased,) = session.scalars(select(AuditEntry).where(AuditEntry.action == "privacy.erased"))
+        assert erased.data["removed"]["reassignments"] == 1
     assert (again.people_erased, again.unrecorded_mail_erased, again.sent_mail_erased) == (0, 0, 0)
     ana_occurrences = {o.id for o in occurrences(rt, ANA)}
     with rt.factory() as session:

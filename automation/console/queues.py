@@ -5,8 +5,8 @@ viewer may see (a manager: their reporting chain), most overdue first, with the 
 sent and the next one due (:func:`automation.services.escalation.overdue_queue`). Each row can
 be acknowledged ("I have seen this and I am on it": the open acknowledgement requests of its
 escalation steps are closed; the subject stays undocumented and its ladder runs on) and a
-check-in reassigned to someone else, who is sent its follow-up prompt and documents it by
-reply. A manager acting on a subject outside their chain gets 404, and may hand a check-in
+check-in or PIP review reassigned to someone else, who is sent its prompt and documents it
+by reply. A manager acting on a subject outside their chain gets 404, and may hand a check-in
 only to someone they can see, themselves, their own managers or those people's HR partners
 (HR: any active person but the employee).
 """
@@ -43,8 +43,8 @@ NOTICES.update(
         "and escalation steps go out until it is documented.",
         "queue-nothing-to-acknowledge": "Nothing to acknowledge: no escalation step of it "
         "awaits an acknowledgement.",
-        "queue-reassigned": "Reassigned. The new person was sent the follow-up email and gets "
-        "the next reminders; their reply documents it.",
+        "queue-reassigned": "Reassigned. The new person was sent the follow-up (or review) "
+        "email and gets the next reminders; their reply documents it.",
     }
 )
 

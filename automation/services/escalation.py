@@ -7,9 +7,9 @@ The unique (subject, step) key of the escalations table means a step is sent at 
 however often the tick or the task runs.
 
 The console works the same subjects as a queue (:func:`overdue_queue`): an escalation can be
-acknowledged there (:func:`acknowledge_escalation`), and the documenting of a check-in moved
-to someone else (:func:`reassign`), who then gets its next reminders and may document it by
-reply.
+acknowledged there (:func:`acknowledge_escalation`), and the documenting of a check-in or a PIP
+review moved to someone else (:func:`reassign`), who then gets its next reminders and may
+document it by reply.
 """
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ class Subject:
     prompt_key: str  # outbox key of the prompt that reminders thread under
     # Who documents it (a reply from them stops the ladder), when not the manager: for an
     # acknowledgement the person asked, for a PIP review whose template says
-    # reviewer = "hr_partner" the employee's HR partner, for a check-in reassigned in the
-    # console the person it was reassigned to. Delays count in their time zone, and the
-    # ladder's "manager" steps go to them.
+    # reviewer = "hr_partner" the employee's HR partner, for a check-in or PIP review
+    # reassigned in the console the person it was reassigned to. Delays count in their time
+    # zone, and the ladder's "manager" steps go to them.
     documenter: Person | None = None
 
     @property
@@ -136,7 +136,15 @@ def load_subject(
     manager, employee = session.get(Person, pip.manager_id), session.get(Person, pip.employee_id)
     assert manager and employee
     ladder = tuple(LadderStep(**s) for s in pip.ladder)
-    reviewer = pips.reviewer_of(session, pip, review)
+    moved = latest_reassignment(session, organization_id, kind, review.id)
+    reviewer = pips.reviewer_given(session, pip, review, moved)
+    # Reassigned (and the person still active): the reminders thread under the prompt they
+    # were sent when it was reassigned to them.
+    prompt_key = (
+        reassigned_prompt_key(kind, review.id, moved.id)
+        if moved is not None and moved.person_id == reviewer.id
+        else f"pip_review:{review.id}"
+    )
     return Subject(
         kind,
         review.id,
@@ -150,7 +158,7 @@ def load_subject(
         f"the PIP {'check-in' if review.kind == 'checkin' else 'review'} "
         f"\u201c{review.name}\u201d for {employee.name}",
         when(review.due_at, reviewer.timezone),
-        f"pip_review:{review.id}",
+        prompt_key,
         documenter=reviewer if reviewer.id != manager.id else None,
     )
 
@@ -476,10 +484,21 @@ def prompt_pip_review(rt: Runtime, session: Session, task: Task) -> str:
         return "no-review"
     if subject.documented:
         return "already-documented"
+    review = _queue_pip_review_prompt(rt, session, subject, subject.prompt_key)
+    schedule_step(rt, session, task.organization_id, "pip_review", review.id, 0)
+    return "queued"
+
+
+def _queue_pip_review_prompt(
+    rt: Runtime, session: Session, subject: Subject, key: str
+) -> PipReview:
+    """The review's prompt (its questions and goals, the reply address that documents it) to
+    whoever documents it: the manager, the HR partner the template names, or the person it
+    was reassigned to."""
     review = session.get(PipReview, subject.id)
     pip = session.get(Pip, review.pip_id) if review else None
     assert review and pip
-    reviewer = subject.responsible  # the manager, or the HR partner the template names
+    reviewer = subject.responsible
     goals = session.scalars(
         select(PipGoal)
         .where(PipGoal.organization_id == pip.organization_id, PipGoal.pip_id == pip.id)
@@ -488,13 +507,13 @@ def prompt_pip_review(rt: Runtime, session: Session, task: Task) -> str:
     queue_email(
         rt,
         session,
-        organization_id=task.organization_id,
-        key=subject.prompt_key,
+        organization_id=subject.organization_id,
+        key=key,
         kind="pip_review",
         template="pip_review",
         to=[reviewer],
         pip_review_id=review.id,
-        reply_to=reply_to_for(rt, task.organization_id, "pip_review", review.id),
+        reply_to=reply_to_for(rt, subject.organization_id, "pip_review", review.id),
         context={
             "manager": person_ctx(subject.manager),
             "employee": person_ctx(subject.employee),
@@ -505,6 +524,8 @@ def prompt_pip_review(rt: Runtime, session: Session, task: Task) -> str:
             "review": {
                 "name": review.name,
                 "when": subject.when,
+                # Someone other than the manager (the HR partner, or whoever it was reassigned
+                # to) is asked to share the agreed actions with the manager too.
                 "reviewer": "hr_partner" if subject.documenter is not None else "manager",
                 # Documented only once every question is answered (pips.required_items).
                 "requires_all": bool(pips.required_items(pip, review)),
@@ -524,16 +545,16 @@ def prompt_pip_review(rt: Runtime, session: Session, task: Task) -> str:
             "questions": pips.review_questions(pip, review),
         },
     )
-    schedule_step(rt, session, task.organization_id, "pip_review", review.id, 0)
-    return "queued"
+    return review
 
 
 # --- the console's overdue queue: reassign, acknowledge, list ------------------------------
 
-# What may be reassigned. A PIP review joins once pips.reviewer_of (which decides whose record
-# documents a review) reads latest_reassignment too; an acknowledgement request never does:
-# only the person asked can acknowledge what they were given.
-REASSIGNABLE = ("occurrence",)
+# What may be reassigned: check-ins, and PIP reviews and check-ins (pips.reviewer_of, which
+# decides whose record documents a review, reads latest_reassignment first). An
+# acknowledgement request never is: only the person asked can acknowledge what they were given.
+REASSIGNABLE = ("occurrence", "pip_review")
+_NOUN = {"occurrence": "check-in", "pip_review": "PIP review"}
 QUEUE_KINDS = ("occurrence", "pip_review", "acknowledgement")
 _OPEN_OCCURRENCE = (OccurrenceState.PLANNED, OccurrenceState.INVITED, OccurrenceState.HELD)
 
@@ -590,23 +611,30 @@ def reassign(
     actor: str,
     reason: str = "",
 ) -> Reassignment:
-    """Move the documenting of a check-in to ``person_id`` (the manager is on leave: their
-    manager or the HR partner documents it).
+    """Move the documenting of a check-in or a PIP review to ``person_id`` (the manager, or
+    the HR partner reviewing a PIP, is on leave: someone else documents it).
 
     A row is added (the latest wins, see :func:`latest_reassignment`), so that from now on
-    :func:`load_subject` names them as the documenter: the ladder's next "manager" steps
-    remind them (with the reply address that documents it), an escalation names them, and a
-    reply from them is accepted and documents the check-in (the inbound path accepts the
-    documenter as a participant). The manager and the employee can still reply. They are sent
-    the check-in's follow-up prompt at once. Audited as ``escalation.reassigned``.
+    :func:`load_subject` names them as the documenter (for a PIP review through
+    :func:`automation.services.pips.reviewer_of`, while they are active): the ladder's next
+    "manager" steps remind them (with the reply address that documents it), an escalation
+    names them, and a reply from them is accepted and documents the subject (the inbound path
+    accepts the documenter as a participant; a PIP review still needs every required item
+    answered). The manager and the employee can still reply, and their replies are kept; for a
+    PIP review they no longer document it unless it is theirs again. The new documenter is
+    sent the subject's prompt at once (a check-in's follow-up, a PIP review's review email).
+    Audited as ``escalation.reassigned``.
     """
     if kind not in REASSIGNABLE:
-        raise QueueError("Only check-ins can be reassigned.")
+        raise QueueError("Only check-ins and PIP reviews can be reassigned.")
+    noun = _NOUN[kind]
     subject = load_subject(session, organization_id, kind, subject_id)
     if subject is None:
-        raise QueueError("No such check-in.")
+        raise QueueError(f"No such {noun}.")
     if subject.documented:
-        raise QueueError("This check-in is documented already.")
+        if kind == "pip_review":
+            raise QueueError("This PIP review is documented already, or its PIP is closed.")
+        raise QueueError(f"This {noun} is documented already.")
     person = session.get(Person, person_id)
     if (
         person is None
@@ -616,7 +644,7 @@ def reassign(
     ):
         raise QueueError("Choose an active person of the organization.")
     if person.id == subject.employee.id:
-        raise QueueError("The employee cannot document their own check-in.")
+        raise QueueError(f"The employee cannot document their own {noun}.")
     previous = subject.responsible
     if person.id == previous.id:
         raise QueueError(f"{person.name} documents it already.")
@@ -647,7 +675,7 @@ def reassign(
             "reason": row.reason,
         },
     )
-    _prompt_new_documenter(rt, session, organization_id, subject.id, row, person)
+    _prompt_new_documenter(rt, session, organization_id, kind, subject.id, row, person)
     return row
 
 
@@ -655,19 +683,29 @@ def _prompt_new_documenter(
     rt: Runtime,
     session: Session,
     organization_id: int,
-    occurrence_id: int,
+    kind: str,
+    subject_id: int,
     row: Reassignment,
     person: Person,
 ) -> None:
-    """The check-in's follow-up prompt (its questions, the reply address that documents it),
-    to the person it was reassigned to; later reminders thread under it."""
+    """The subject's prompt (its questions, the reply address that documents it), to the
+    person it was reassigned to; later reminders thread under it. For a check-in its
+    follow-up, for a PIP review the email :func:`prompt_pip_review` sends."""
+    key = reassigned_prompt_key(kind, subject_id, row.id)
+    if kind == "pip_review":
+        # Read again with the new row in force: worded for them, in their time zone.
+        subject = load_subject(session, organization_id, kind, subject_id)
+        assert subject is not None and subject.responsible.id == person.id
+        _queue_pip_review_prompt(rt, session, subject, key)
+        return
+    occurrence_id = subject_id
     ctx = load_checkin(session, organization_id, occurrence_id)
     assert ctx is not None
     queue_email(
         rt,
         session,
         organization_id=organization_id,
-        key=reassigned_prompt_key("occurrence", occurrence_id, row.id),
+        key=key,
         kind="followup",
         template="followup",
         to=[person],
@@ -1012,12 +1050,15 @@ def overdue_queue(
         elif kind == "pip_review":
             review, pip = row
             employee, manager = people[pip.employee_id], people[pip.manager_id]
-            responsible = pips.reviewer_of(session, pip, review)
+            # The reassignments were read above (the people are loaded): no query per row.
+            moved = reassigned.get((kind, subject_id))
+            responsible = pips.reviewer_given(session, pip, review, moved)
+            planned = pips.reviewer_given(session, pip, review, None)
             ladder = tuple(LadderStep(**s) for s in pip.ladder)
             what = "PIP check-in" if review.kind == "checkin" else "PIP review"
             item = QueueItem(
                 kind, subject_id, f"{what} \u201c{review.name}\u201d ({pip.title})",
-                employee, manager, responsible, False, due, 0,
+                employee, manager, responsible, responsible.id != planned.id, due, 0,
             )  # fmt: skip
         else:
             found = pips.acknowledgement_subject(session, row)

@@ -2,11 +2,12 @@
 
 :func:`timeline` reads the database into plain data (:class:`Timeline`): every check-in, every
 version of every conversation record with the raw message it came from, action items, PIPs and
-their reviews, escalation steps, the emails sent about them, messages kept without a record,
-and the audit entries that cover them. Every event cites its sources: the inbound message (id,
-SHA-256, the path of its raw copy in the bundle), the outbound message, the audit seq. The
-renderers (:func:`render_json`, :func:`render_html`, :func:`render_pdf`) and :func:`bundle`
-only format that data, so all formats say the same thing.
+their reviews, escalation steps, reassignments of who documents a check-in or review, the
+emails sent about them, messages kept without a record, and the audit entries that cover them.
+Every event cites its sources: the inbound message (id, SHA-256, the path of its raw copy in
+the bundle), the outbound message, the audit seq. The renderers (:func:`render_json`,
+:func:`render_html`, :func:`render_pdf`) and :func:`bundle` only format that data, so all
+formats say the same thing.
 
 Output is deterministic: nothing reads the clock. The timeline is stamped with the audit
 chain's head (seq and hash) instead, so the same database gives byte-identical JSON, HTML and
@@ -50,16 +51,22 @@ from automation.models import (
     Person,
     Pip,
     PipReview,
+    Reassignment,
 )
+from automation.services.escalation import reassigned_prompt_key
+from automation.services.pips import reviewer_given
 
 FORMATS = ("json", "html", "pdf")
 # Ties in time sort by this order, then by the event's ref: a check-in comes before the
-# email about it, the record before its action items.
+# email about it, the record before its action items, a reassignment before the prompt it sends.
+# The event kinds: these, and those of OPTIONAL_KINDS (goal, goal_version, development_item,
+# agenda_topic) after them.
 KIND_ORDER = (
     "pip",
     "pip_goal",
     "checkin",
     "pip_review",
+    "reassignment",
     "email_sent",
     "message_kept",
     "record",
@@ -388,6 +395,19 @@ def timeline(
         ),
     ]
     escalations = ids(Escalation, or_(*escalation_filter)) if escalation_filter else []
+    reassignment_filter = [
+        *(
+            [(Reassignment.subject_kind == "occurrence") & Reassignment.subject_id.in_(occ_ids)]
+            if occ_ids
+            else []
+        ),
+        *(
+            [(Reassignment.subject_kind == "pip_review") & Reassignment.subject_id.in_(review_ids)]
+            if review_ids
+            else []
+        ),
+    ]
+    reassignments = ids(Reassignment, or_(*reassignment_filter)) if reassignment_filter else []
     link_filter = [
         *([OutboundMessage.occurrence_id.in_(occ_ids)] if occ_ids else []),
         *([OutboundMessage.pip_review_id.in_(review_ids)] if review_ids else []),
@@ -583,6 +603,60 @@ def timeline(
                         e.action == f"escalation.{s.action}" and e.data.get("step") == s.step
                     ),
                 ),
+            ],
+        )
+    # Who documents a check-in or review instead of its manager (or the reviewer the PIP
+    # names), moved in the console's overdue queue: from whom to whom, by whom, why (blank once
+    # an erasure removed the reason). "From" is as the audit entry of the move recorded it;
+    # without it (erased), the previous move's person, else the manager or the planned reviewer.
+    occurrences_by_id = {o.id: o for o in occurrences}
+    reviews_by_id = {r.id: r for r in reviews}
+    pips_by_id = {p.id: p for p in pips}
+    by_email = {p.email.lower(): p for p in people.values()}
+    outbound_by_key = {m.idempotency_key: m for m in outbound}
+    moved_to: dict[tuple[str, int], int] = {}
+    for row in reassignments:  # in id order: each subject's moves in the order they were made
+        subject = (row.subject_kind, row.subject_id)
+        entries = [
+            e
+            for e in b.audit_by_subject.get(subject, [])
+            if e.action == "escalation.reassigned" and e.data.get("reassignment_id") == row.id
+        ]
+        recorded = entries[0].data.get("from") if entries else None
+        before = by_email.get(recorded.lower()) if isinstance(recorded, str) else None
+        if before is None and recorded is None:
+            if subject in moved_to:
+                before = people.get(moved_to[subject])
+            elif row.subject_kind == "occurrence":
+                occ = occurrences_by_id[row.subject_id]
+                before = people.get(series_by_id[occ.series_id].manager_id)
+            else:
+                review = reviews_by_id[row.subject_id]
+                before = reviewer_given(session, pips_by_id[review.pip_id], review, None)
+        moved_to[subject] = row.person_id
+        after = people.get(row.person_id)
+        noun = "check-in" if row.subject_kind == "occurrence" else "PIP review"
+        prompt = outbound_by_key.get(reassigned_prompt_key(*subject, row.id))
+        b.add(
+            "reassignment",
+            f"reassignment:{row.id}",
+            row.created_at,
+            f"Reassigned {noun} {row.subject_id} from "
+            f"{before.name if before else recorded or 'unknown'} to "
+            f"{after.name if after else 'unknown'} by {row.by}"
+            + (f": {row.reason}" if row.reason else ""),
+            {
+                "reassignment_id": row.id,
+                "subject_kind": row.subject_kind,
+                "subject_id": row.subject_id,
+                "from": _person_label(people, before.id) if before else recorded,
+                "to": _person_label(people, row.person_id),
+                "by": row.by,
+                "reason": row.reason or None,
+            },
+            [
+                *([b.outbound_source(prompt)] if prompt is not None else []),
+                *(Source("audit", e.seq, sha256=e.hash) for e in entries),
             ],
         )
     for message in outbound:

@@ -6,7 +6,9 @@ so each is prompted, documented by its reviewer's reply and escalated by the one
 :mod:`automation.services.escalation`. The template's required documentation is kept on the
 PIP (``pips.documentation``): a review is documented once its reviewer (the manager, or the
 employee's HR partner when the template says ``reviewer = "hr_partner"``) has answered every
-item; the weekly check-ins are always the manager's and documented by any reply of theirs.
+item; the weekly check-ins are the manager's and documented by any reply of theirs. The
+console's overdue queue can reassign either to someone else, who is then the reviewer
+(:func:`reviewer_of` reads the reassignment first).
 The weekly check-ins are also one calendar series, written through the calendar adapter. The
 employee gets the plan by email from a signed reply address; their reply is the
 acknowledgement (an ``acknowledgements`` row pointing at the plan and at the inbound message),
@@ -47,6 +49,7 @@ from automation.models import (
     Pip,
     PipGoal,
     PipReview,
+    Reassignment,
     Task,
     TaskState,
 )
@@ -488,10 +491,28 @@ def required_items(pip: Pip, review: PipReview) -> list[str]:
 
 
 def reviewer_of(session: Session, pip: Pip, review: PipReview) -> Person:
-    """Who documents the milestone. The weekly check-ins are the manager's (they hold them); a
-    review is the manager's, or the employee's HR partner's when the template says
-    ``reviewer = "hr_partner"``. If the employee has no (active) HR partner any more, it
+    """Who documents the milestone. First whoever it was reassigned to in the console's
+    overdue queue (:func:`automation.services.escalation.reassign`; the latest reassignment
+    wins), while that person is active. Otherwise the weekly check-ins are the manager's (they
+    hold them); a review is the manager's, or the employee's HR partner's when the template
+    says ``reviewer = "hr_partner"``. If the employee has no (active) HR partner any more, it
     falls back to the manager rather than to nobody."""
+    from automation.services.escalation import latest_reassignment
+
+    moved = latest_reassignment(session, review.organization_id, "pip_review", review.id)
+    return reviewer_given(session, pip, review, moved)
+
+
+def reviewer_given(
+    session: Session, pip: Pip, review: PipReview, moved: Reassignment | None
+) -> Person:
+    """:func:`reviewer_of` with the review's latest reassignment already read (None: never
+    reassigned, or to ask who the plan itself names), so that a list of reviews reads the
+    reassignments of all of them in one query."""
+    if moved is not None:
+        person = session.get(Person, moved.person_id)
+        if person is not None and person.active:
+            return person
     manager = session.get(Person, pip.manager_id)
     assert manager is not None
     if review.kind == "checkin" or pip.reviewer != "hr_partner":

@@ -10,10 +10,11 @@ Erasing: :func:`request_erasure` (a deletion request) and the retention sweep bo
 :func:`erase_person`, which removes a person's personal data and keeps the skeleton that the
 organization's numbers and other people's records rest on: rows stay, with their times, ids
 and states, while content goes (record bodies, answers, notes, action items, raw mail, subjects,
-goals and their versions, development plans, agenda topics, warnings, comments, the person's
-name and address). Audit entries that carry the person's content are blanked through
-:func:`automation.audit.redact`, which appends one ``privacy.erased`` entry that says what was
-done, counted by kind, without the content.
+goals and their versions, development plans, agenda topics, warnings, comments, the reasons
+given for reassigning their check-ins and PIP reviews, the person's name and address). Audit
+entries that carry the person's content are blanked through :func:`automation.audit.redact`,
+which appends one ``privacy.erased`` entry that says what was done, counted by kind, without
+the content.
 
 A legal hold on the person stops all of it: the request is kept as ``held``, the audit log says
 so, and the daily sweep carries it out once the hold is released.
@@ -55,6 +56,7 @@ from automation.models import (
     Pip,
     PipGoal,
     PipReview,
+    Reassignment,
     Task,
     TaskState,
 )
@@ -308,6 +310,7 @@ class _Subjects:
     records: set[int] = field(default_factory=set)
     warnings: set[int] = field(default_factory=set)
     acks: set[int] = field(default_factory=set)
+    reassignments: set[int] = field(default_factory=set)
     inbound: set[int] = field(default_factory=set)
     outbound: set[int] = field(default_factory=set)
     goals: set[int] = field(default_factory=set)
@@ -366,6 +369,20 @@ def _subjects(session: Session, person: Person) -> _Subjects:
                 & ConversationRecord.subject_id.in_(s.occurrences or {-1}),
                 (ConversationRecord.subject_kind == "pip_review")
                 & ConversationRecord.subject_id.in_(s.reviews or {-1}),
+            ),
+        ),
+    )
+    # Who documented their check-ins and reviews instead of the manager, and why: the reason
+    # ("on sick leave") is personal data; the rows (who, when) are the skeleton.
+    s.reassignments = _ids(
+        session,
+        select(Reassignment.id).where(
+            Reassignment.organization_id == org,
+            or_(
+                (Reassignment.subject_kind == "occurrence")
+                & Reassignment.subject_id.in_(s.occurrences or {-1}),
+                (Reassignment.subject_kind == "pip_review")
+                & Reassignment.subject_id.in_(s.reviews or {-1}),
             ),
         ),
     )
@@ -559,6 +576,7 @@ def erase_person(
         session, CorrectiveAction, s.warnings, reason="", expectation="", consequence=""
     )
     removed["acknowledgements"] = _update(session, Acknowledgement, s.acks, comment=None)
+    removed["reassignments"] = _update(session, Reassignment, s.reassignments, reason="")
     _update(session, Occurrence, s.occurrences, responses=None)
     # Work still pending about them (escalations of past check-ins) has nobody to be about.
     about = s.audit_subjects(person.id)

@@ -1,15 +1,15 @@
-"""Reassignments: who documents a check-in instead of its manager
+"""Reassignments: who documents a check-in or PIP review instead of its manager
 
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-10 10:00:00
 
-``reassignments`` moves the responsibility for documenting a subject (a check-in) to another
-person, e.g. while the manager is on leave. Rows are only added; the latest of a subject wins,
-so the history of who was responsible, who moved it and why stays readable. Like
-``conversation_records`` (see 0010), no trigger refuses UPDATE or DELETE: an erasure must be
-able to blank a reason in place. The index serves "the latest row of this subject", read each
-time a subject's ladder step or reply is handled.
+``reassignments`` moves the responsibility for documenting a subject (a check-in or a PIP
+review) to another person, e.g. while the manager is on leave. Rows are only added; the
+latest of a subject wins, so the history of who was responsible, who moved it and why stays
+readable. Like ``conversation_records`` (see 0010), no trigger refuses UPDATE or DELETE: an
+erasure must be able to blank a reason in place. The index serves "the latest row of this
+subject", read each time a subject's ladder step or reply is handled.
 """
 
 from collections.abc import Sequence
