@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sqlalchemy import Engine
@@ -34,6 +34,7 @@ from automation.domain.coaching import CoachingRules
 from automation.errors import ConfigError
 from automation.ports import CalendarProvider, InboxReader, MailSender
 from automation.settings import Settings, load_settings
+from automation.tenancy import scoped_factory
 
 log = logging.getLogger("automation.runtime")
 
@@ -58,9 +59,54 @@ class Runtime:
     enqueue: Callable[[int], object] = field(default=lambda task_id: None)
     # Facts that never change for a runtime's life (an organization's id by slug).
     cache: dict[object, Any] = field(default_factory=dict)
+    # The organization this runtime works for (see tenant()); None: the system scope.
+    organization_id: int | None = None
 
     def now(self):  # type: ignore[no-untyped-def]
         return self.clock.now()
+
+    def tenant(self, organization_id: int) -> Runtime:
+        """This runtime for one organization: its sessions are scoped to it
+        (:mod:`automation.tenancy`), so whatever runs with it reads and writes only that
+        organization's rows. Built once per organization and kept."""
+        if self.organization_id == organization_id:
+            return self
+        if self.organization_id is not None:
+            raise ValueError(
+                f"a runtime for organization {self.organization_id} cannot act for "
+                f"organization {organization_id}"
+            )
+        # Rebuilt when the parent changed since (tests and the console replace settings,
+        # adapters or cadences on the runtime they hold): a tenant never acts on a stale copy.
+        key, shared = ("tenant", organization_id), self._shared()
+        built = self.cache.get(key)
+        if built is not None and built[0] == shared:
+            return built[1]  # type: ignore[no-any-return]
+        tenant = replace(
+            self,
+            factory=scoped_factory(self.engine, organization_id),
+            organization_id=organization_id,
+            # Whatever the workers attach later is what the tenant uses.
+            enqueue=lambda task_id: self.enqueue(task_id),
+            # Its own facts; the cadence files' stamp as the parent loaded them, so a
+            # tenant re-reads the files only when they change (current_cadences).
+            cache={CADENCE_STAMP: self.cache.get(CADENCE_STAMP)},
+        )
+        self.cache[key] = (shared, tenant)
+        return tenant
+
+    def _shared(self) -> tuple[int, ...]:
+        """Which objects a tenant of this runtime shares with it (by identity)."""
+        return tuple(id(getattr(self, name)) for name in _SHARED)
+
+
+# What a tenant takes from its parent as it is; the rest (factory, cache, the organization,
+# enqueue, which defers to the parent) is its own.
+_SHARED = tuple(
+    f.name
+    for f in fields(Runtime)
+    if f.name not in ("factory", "cache", "organization_id", "enqueue")
+)
 
 
 def build_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:

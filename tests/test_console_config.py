@@ -149,7 +149,7 @@ def test_a_good_cadence_is_written_audited_and_applied_at_once(editable: Console
         "new_sha256": hashlib.sha256(new.encode()).hexdigest(),
     }
     # Applied: the runtime plans with it, and the stored cadence is the new one.
-    assert editable.rt.cadences["one-on-one"].duration_minutes == 45
+    assert editable.rt.tenant(editable.org).cadences["one-on-one"].duration_minutes == 45
     with editable.rt.factory() as session:
         row = session.scalar(
             select(CadenceRow).where(
@@ -185,7 +185,9 @@ def test_a_cadence_is_saved_but_not_applied_while_another_file_is_broken(
     )
     assert saved.headers["location"].endswith("notice=cadence-saved-not-applied")
     assert cadence_file(editable).read_text() == new
-    assert editable.rt.cadences["one-on-one"].duration_minutes == 30  # the loaded set stays
+    assert (
+        editable.rt.tenant(editable.org).cadences["one-on-one"].duration_minutes == 30
+    )  # the loaded set stays
     assert "not applied yet" in editable.client.get(saved.headers["location"]).text
 
 
@@ -238,7 +240,7 @@ def test_a_new_cadence_is_created_under_a_safe_name_only(editable: Console) -> N
     assert (folder / "weekly.toml").read_text() == text
     [entry] = entries(editable, "config.cadence_saved")
     assert entry.data["file"] == "cadences/weekly.toml" and entry.data["old_sha256"] is None
-    assert set(editable.rt.cadences) == {"one-on-one", "weekly"}
+    assert set(editable.rt.tenant(editable.org).cadences) == {"one-on-one", "weekly"}
 
 
 def test_only_hr_admins_save_and_a_forged_form_changes_nothing(editable: Console) -> None:

@@ -22,6 +22,7 @@ from automation.console.base import (
     AnyViewer,
     FormExpired,
     Rt,
+    TenantRt,
     form,
     only_visible,
     render,
@@ -134,7 +135,7 @@ async def sign_out(request: Request, rt: Rt) -> Response:
 
 
 @router.get("/")
-def home(request: Request, who: AnyViewer, rt: Rt) -> Response:
+def home(request: Request, who: AnyViewer, rt: TenantRt) -> Response:
     """What needs attention: check-ins this week, those awaiting documentation, quarantine."""
     now = rt.now()
     with transaction(rt.factory) as session:

@@ -142,6 +142,15 @@ def viewer(request: Request, rt: Rt) -> Viewer:
         )  # fmt: skip
 
 
+def tenant_runtime(who: Annotated[Viewer, Depends(viewer)], rt: Rt) -> Runtime:
+    """The runtime of the viewer's organization: a page's sessions are scoped to it
+    (automation.tenancy), so a page cannot read or change another organization's rows."""
+    return rt.tenant(who.organization_id)
+
+
+TenantRt = Annotated[Runtime, Depends(tenant_runtime)]
+
+
 def require(*roles: str) -> Callable[..., Viewer]:
     """A dependency giving the viewer when their role is one of ``roles``."""
     allowed = roles or ANYONE

@@ -71,6 +71,7 @@ from automation.console.base import (
     HrViewer,
     NotFound,
     Rt,
+    TenantRt,
     Viewer,
     render,
 )
@@ -418,23 +419,23 @@ def _save_or_refuse(
 
 def _add_config_routes(kind: Kind) -> None:
     @router.get(f"/{kind.slug}", name=f"{kind.slug}-list")
-    def list_files(request: Request, who: HrViewer, rt: Rt) -> Response:
+    def list_files(request: Request, who: HrViewer, rt: TenantRt) -> Response:
         return _list_page(request, who, rt, kind)
 
     @router.get(f"/{kind.slug}/new", name=f"{kind.slug}-new")
-    def new_file(request: Request, who: AdminViewer, rt: Rt) -> Response:
+    def new_file(request: Request, who: AdminViewer, rt: TenantRt) -> Response:
         return _edit_page(
             request, who, rt, kind, name="", text=kind.starter.format(name="new-name"),
             base="", problems=[], summary=[], new=True,
         )  # fmt: skip
 
     @router.post(f"/{kind.slug}/new", name=f"{kind.slug}-create")
-    def create_file(request: Request, who: AdminViewer, fields: Changed, rt: Rt) -> Response:
+    def create_file(request: Request, who: AdminViewer, fields: Changed, rt: TenantRt) -> Response:
         name = fields.get("name", "").strip()
         return _save_or_refuse(request, who, rt, kind, name, fields, new=True)
 
     @router.get(f"/{kind.slug}/{{name}}", name=f"{kind.slug}-edit")
-    def edit_file(request: Request, name: str, who: HrViewer, rt: Rt) -> Response:
+    def edit_file(request: Request, name: str, who: HrViewer, rt: TenantRt) -> Response:
         path = _file_path(rt, kind, name)
         if not path.is_file():
             raise NotFound(f"No {kind.singular} file {name}.toml.")
@@ -446,7 +447,7 @@ def _add_config_routes(kind: Kind) -> None:
 
     @router.post(f"/{kind.slug}/{{name}}", name=f"{kind.slug}-save")
     def save_file(
-        request: Request, name: str, who: AdminViewer, fields: Changed, rt: Rt
+        request: Request, name: str, who: AdminViewer, fields: Changed, rt: TenantRt
     ) -> Response:
         return _save_or_refuse(request, who, rt, kind, name, fields, new=False)
 
@@ -551,7 +552,7 @@ def _template_page(
 
 
 @router.get("/templates")
-def templates_list(request: Request, who: HrViewer, rt: Rt) -> Response:
+def templates_list(request: Request, who: HrViewer, rt: TenantRt) -> Response:
     rows = []
     for name in template_names(rt.settings.templates_dir):
         texts = template_files(rt.settings.templates_dir, name)
@@ -569,7 +570,7 @@ def templates_list(request: Request, who: HrViewer, rt: Rt) -> Response:
 
 
 @router.get("/templates/{name}")
-def template_page(request: Request, name: str, who: HrViewer, rt: Rt) -> Response:
+def template_page(request: Request, name: str, who: HrViewer, rt: TenantRt) -> Response:
     name = _template(rt, name)
     texts = template_files(rt.settings.templates_dir, name)
     return _template_page(request, who, rt, name, texts, _digest(texts), preview(rt, name, texts))
@@ -577,7 +578,7 @@ def template_page(request: Request, name: str, who: HrViewer, rt: Rt) -> Respons
 
 @router.post("/templates/{name}")
 def template_action(
-    request: Request, name: str, who: HrViewer, fields: Changed, rt: Rt
+    request: Request, name: str, who: HrViewer, fields: Changed, rt: TenantRt
 ) -> Response:
     """Preview (HR), save or send a test (HR admins) of the texts in the form."""
     name = _template(rt, name)
@@ -787,6 +788,7 @@ def preview_json(
     response: Response,
     rt: Rt,
 ) -> PreviewOut:
+    rt = rt.tenant(who.organization_id)
     if not TEMPLATE_NAME.fullmatch(name) or name not in template_names(rt.settings.templates_dir):
         raise HTTPException(404, "No email template by that name.")
     shown = preview(rt, name, _edited(rt, name, texts.parts))

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, aliased
 
 from automation.console.base import (
     AnyViewer,
-    Rt,
+    TenantRt,
     Viewer,
     only_visible,
     render,
@@ -197,7 +197,7 @@ def organisation(
 
 
 @router.get("/people")
-def people_page(request: Request, who: AnyViewer, rt: Rt, q: str = "") -> Response:
+def people_page(request: Request, who: AnyViewer, rt: TenantRt, q: str = "") -> Response:
     with transaction(rt.factory) as session:
         people = people_of(session, who.organization_id)
         allowed = visible_people(session, who)
@@ -519,7 +519,7 @@ def load_timeline(
 
 
 @router.get("/people/{person_id}")
-def person_page(request: Request, who: AnyViewer, rt: Rt, person_id: int) -> Response:
+def person_page(request: Request, who: AnyViewer, rt: TenantRt, person_id: int) -> Response:
     with transaction(rt.factory) as session:
         person = visible_person(session, who, person_id)
         people = people_of(session, who.organization_id)
@@ -630,7 +630,7 @@ def managers_seen_by(session: Session, who: Viewer) -> list[Person]:
 
 @router.get("/calendar")
 def calendar_page(
-    request: Request, who: AnyViewer, rt: Rt, week: str = "0", manager: str = ""
+    request: Request, who: AnyViewer, rt: TenantRt, week: str = "0", manager: str = ""
 ) -> Response:
     shift = max(-MAX_WEEKS, min(MAX_WEEKS, _number(week) or 0))
     start = rt.now() + dt.timedelta(weeks=shift)

@@ -23,7 +23,7 @@ from automation.console.base import (
     Changed,
     ConsoleError,
     NotFound,
-    Rt,
+    TenantRt,
     Viewer,
     render,
     visible_people,
@@ -50,7 +50,7 @@ NOTICES.update(
 
 
 @router.get("/queue")
-def queue_page(request: Request, who: AnyViewer, rt: Rt) -> Response:
+def queue_page(request: Request, who: AnyViewer, rt: TenantRt) -> Response:
     with transaction(rt.factory) as session:
         allowed = visible_people(session, who)
         queue = escalation.overdue_queue(session, who.organization_id, rt.now(), allowed, LIMIT)
@@ -103,7 +103,7 @@ def _back(notice: str) -> RedirectResponse:
 
 
 @router.post("/queue/acknowledge")
-def acknowledge(who: AnyViewer, fields: Changed, rt: Rt) -> Response:
+def acknowledge(who: AnyViewer, fields: Changed, rt: TenantRt) -> Response:
     kind, subject_id = _subject(fields)
     with transaction(rt.factory) as session:
         _check_visible(session, who, kind, subject_id)
@@ -115,7 +115,7 @@ def acknowledge(who: AnyViewer, fields: Changed, rt: Rt) -> Response:
 
 
 @router.post("/queue/reassign")
-def reassign(who: AnyViewer, fields: Changed, rt: Rt) -> Response:
+def reassign(who: AnyViewer, fields: Changed, rt: TenantRt) -> Response:
     kind, subject_id = _subject(fields)
     person = fields.get("person", "")
     if not person.isdigit():

@@ -32,7 +32,7 @@ from automation.console.base import (
     Changed,
     HrViewer,
     NotFound,
-    Rt,
+    TenantRt,
     Viewer,
     render,
 )
@@ -148,7 +148,7 @@ DateTo = Annotated[str | None, Query(alias="to", description="last day (UTC), in
 def report_page(
     request: Request,
     who: HrViewer,
-    rt: Rt,
+    rt: TenantRt,
     date_from: DateFrom = None,
     date_to: DateTo = None,
     by: str = "manager",
@@ -179,7 +179,11 @@ def report_page(
 
 @router.get("/report.csv")
 def report_csv(
-    who: HrViewer, rt: Rt, date_from: DateFrom = None, date_to: DateTo = None, by: str = "manager"
+    who: HrViewer,
+    rt: TenantRt,
+    date_from: DateFrom = None,
+    date_to: DateTo = None,
+    by: str = "manager",
 ) -> Response:
     """The file report's CSV (one row per manager, or per team with ``by=team``)."""
     try:
@@ -245,7 +249,11 @@ class ProblemOut(BaseModel):
     summary="The consistency report's figures (HR admins and partners; console session)",
 )
 def report_json(
-    response: Response, who: HrViewer, rt: Rt, date_from: DateFrom = None, date_to: DateTo = None
+    response: Response,
+    who: HrViewer,
+    rt: TenantRt,
+    date_from: DateFrom = None,
+    date_to: DateTo = None,
 ) -> Any:
     try:
         start, end = period(date_from, date_to)
@@ -278,7 +286,7 @@ def _message(session: Session, who: Viewer, message_id: int) -> InboundMessage:
 
 @router.get("/quarantine")
 def quarantine(
-    request: Request, who: HrViewer, rt: Rt, state: str = "quarantined", page: str = "1"
+    request: Request, who: HrViewer, rt: TenantRt, state: str = "quarantined", page: str = "1"
 ) -> Response:
     """Messages kept without a record, newest first, with their reason."""
     states = [state] if state in STATE_NAMES else list(NOT_RECORDED)
@@ -334,14 +342,14 @@ def _message_page(
 
 
 @router.get("/quarantine/{message_id}")
-def quarantined_message(request: Request, message_id: int, who: HrViewer, rt: Rt) -> Response:
+def quarantined_message(request: Request, message_id: int, who: HrViewer, rt: TenantRt) -> Response:
     """Headers, reason, SHA-256 and the decoded text, shown as text: never rendered as HTML."""
     return _message_page(request, who, rt, message_id)
 
 
 @router.post("/quarantine/{message_id}/release")
 def release_message(
-    request: Request, message_id: int, who: HrViewer, fields: Changed, rt: Rt
+    request: Request, message_id: int, who: HrViewer, fields: Changed, rt: TenantRt
 ) -> Response:
     """Process the message again, optionally as a person on record's (with the reason why)."""
     with transaction(rt.factory) as session:

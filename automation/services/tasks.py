@@ -202,11 +202,14 @@ def _run(rt: Runtime, task_id: int, run: _Run) -> tuple[str, list[Task]]:
         run.lag_seconds = (now - task.due_at).total_seconds()
     claimed = task
     new_tasks: list[Task] = []
+    # The handler works for the task's organization: its runtime and session are scoped to
+    # it (automation.tenancy), so it cannot read or change another organization's rows.
+    tenant = rt.tenant(claimed.organization_id)
     try:
-        with transaction(rt.factory) as session:
+        with transaction(tenant.factory) as session:
             # The row as the claim returned it (nobody else changes a leased task): no SELECT.
             task = session.merge(claimed, load=False)
-            result = HANDLERS[kind](rt, session, task)
+            result = HANDLERS[kind](tenant, session, task)
             task.state = TaskState.DONE
             task.result = result[:200]
             task.lease_until = None
