@@ -172,7 +172,10 @@ def store_many(rt: Runtime, raws: list[bytes], source: str) -> list[Stored]:
 
 
 def _organization_id(rt: Runtime, session: Session) -> int:
-    """The configured organization's id, looked up once per runtime (it never changes)."""
+    """The organization mail is stored for: the runtime's own when it works for one
+    (Runtime.tenant), else the configured one, looked up once per runtime."""
+    if rt.organization_id is not None:
+        return rt.organization_id
     slug = rt.settings.organization
     cached = rt.cache.get(("organization_id", slug))
     if cached is None:
@@ -240,7 +243,7 @@ def _mailbox_state(rt: Runtime) -> MailboxState | None:
         return None
     mailbox = getattr(rt.inbox, "mailbox", rt.inbox.name)
     with transaction(rt.factory) as session:
-        org = organization_id(session, rt.settings.organization)
+        org = _organization_id(rt, session)
         state = session.scalar(
             select(MailboxState).where(
                 MailboxState.organization_id == org,
@@ -906,7 +909,7 @@ def release(
         raise ReleaseRefused("--as needs --reason: say why this message is attributed")
     now = rt.now()
     with transaction(rt.factory) as session:
-        org = organization_id(session, rt.settings.organization)
+        org = _organization_id(rt, session)
         message = session.get(InboundMessage, inbound_id)
         if message is None or message.organization_id != org:
             raise ReleaseRefused(f"no inbound message {inbound_id} in this organization")
