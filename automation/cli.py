@@ -1723,6 +1723,351 @@ def cmd_report_consistency(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# --- organizations (issue 10): `automation org …` -------------------------------------------
+
+
+def _org_database(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The deployment's settings and a session factory in the system scope (the org commands
+    work across organizations, and never need a provider)."""
+    from automation.db import make_engine, migrate, session_factory
+
+    settings = _settings(args)
+    engine = make_engine(settings.database)
+    migrate(engine)
+    return settings, engine, session_factory(engine)
+
+
+def _organization_row(session, slug: str):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from automation.models import Organization
+
+    org = session.scalars(select(Organization).where(Organization.slug == slug)).one_or_none()
+    if org is None:
+        known = ", ".join(session.scalars(select(Organization.slug).order_by(Organization.slug)))
+        raise LookupError(
+            f"no organization {slug!r} (known: {known or 'none'}); create it with "
+            f"`automation org create {slug} --name NAME`"
+        )
+    return org
+
+
+def _operator() -> str:
+    import getpass
+
+    return f"operator:{getpass.getuser()}"
+
+
+def cmd_org_create(args: argparse.Namespace) -> int:
+    """The organizations row and config/orgs/<slug>/ with a commented settings.toml."""
+    from automation.clock import SystemClock
+    from automation.db import transaction
+    from automation.organizations import OrganizationRefused, create_organization
+
+    settings, engine, factory = _org_database(args)
+    try:
+        with transaction(factory) as session:
+            made = create_organization(
+                session, settings, args.slug, args.name, SystemClock().now(), _operator()
+            )
+    except OrganizationRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json(made)
+        return EX_OK
+    if made.created:
+        print(f"created organization {made.slug} ({made.name})")
+    else:
+        print(f"organization {made.slug} exists already ({made.name}); its name is unchanged")
+    print(
+        f"settings: {made.folder / 'settings.toml'}"
+        + ("" if made.folder_created else " (kept as it was)")
+    )
+    _note(args, f"check it with: automation org config {made.slug} --check")
+    return EX_OK
+
+
+def cmd_org_list(args: argparse.Namespace) -> int:
+    """Every organization: people, its folder, its secrets and the keys they are under."""
+    from sqlalchemy import func, select
+
+    from automation.models import Organization, OrganizationSecret, Person
+    from automation.organizations import org_folder, valid_slug
+
+    settings, engine, factory = _org_database(args)
+    try:
+        with factory() as session:
+            people = dict(
+                session.execute(
+                    select(Person.organization_id, func.count())
+                    .where(Person.active.is_(True))
+                    .group_by(Person.organization_id)
+                ).all()
+            )
+            keys: dict[int, list[str]] = {}
+            for organization_id, key_id in session.execute(
+                select(OrganizationSecret.organization_id, OrganizationSecret.key_id)
+            ):
+                keys.setdefault(organization_id, []).append(key_id)
+            rows = [
+                {
+                    "slug": org.slug,
+                    "name": org.name,
+                    "people": people.get(org.id, 0),
+                    "config_folder": valid_slug(org.slug)
+                    and org_folder(settings, org.slug).is_dir(),
+                    "secrets": len(keys.get(org.id, [])),
+                    "key_ids": sorted(set(keys.get(org.id, []))),
+                }
+                for org in session.scalars(select(Organization).order_by(Organization.slug))
+            ]
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json(rows)
+        return EX_OK
+    print_table(
+        ["slug", "name", "people", "config_folder", "secrets", "keys"],
+        [
+            (r["slug"], r["name"], r["people"], "yes" if r["config_folder"] else "no",
+             r["secrets"], ", ".join(r["key_ids"]))
+            for r in rows
+        ],
+        empty="no organizations: `automation org create SLUG --name NAME` adds one",
+    )  # fmt: skip
+    return EX_OK
+
+
+def _shown_setting(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    return value
+
+
+def cmd_org_config(args: argparse.Namespace) -> int:
+    """The settings one organization runs with, secrets shown only as set or not; --check
+    validates its folder (settings, cadences, templates and the rest) and its secrets."""
+    from automation.organizations import (
+        ORGANIZATION_FIELDS,
+        ORGANIZATION_SECRETS,
+        Keyring,
+        check_organization,
+        list_secrets,
+        load_secrets,
+        org_folder,
+        read_organization_settings,
+        tenant_settings,
+    )
+
+    settings, engine, factory = _org_database(args)
+    try:
+        with factory() as session:
+            org = _organization_row(session, args.slug)
+            stored = [s.name for s in list_secrets(session, org.id)]
+            if args.check:
+                effective, problems = check_organization(settings, org.slug, name=org.name)
+                try:
+                    load_secrets(session, org.id, Keyring.from_env_if_set())
+                except ConfigError as exc:
+                    problems.extend(exc.problems)
+    finally:
+        engine.dispose()
+    folder = org_folder(settings, org.slug)
+    if args.check:
+        if args.json:
+            print_json(
+                {
+                    "ok": not problems,
+                    "organization": org.slug,
+                    "folder": folder,
+                    "config_dir": effective.config_dir if effective else None,
+                    "templates_dir": effective.templates_dir if effective else None,
+                    "problems": problems,
+                }
+            )
+            return EX_CONFIG if problems else EX_OK
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} problem(s) found", file=sys.stderr)
+            return EX_CONFIG
+        where = folder if folder.is_dir() else "no folder of its own: the shared configuration"
+        print(f"organization {org.slug}: configuration OK ({where})")
+        return EX_OK
+    effective = tenant_settings(settings, org.slug, {}, name=org.name)
+    from_file = read_organization_settings(settings, org.slug)
+    own = org.slug == settings.organization
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for field in sorted(ORGANIZATION_FIELDS):
+        values[field] = getattr(effective, field)
+        origin[field] = "organization" if field in from_file else "deployment"
+    for secret in ORGANIZATION_SECRETS:
+        deployment_value = own and bool(getattr(settings, secret))
+        values[secret] = "(set)" if secret in stored or deployment_value else "(not set)"
+        if secret in stored:
+            origin[secret] = "organization secrets"
+        else:
+            origin[secret] = "deployment" if deployment_value else "-"
+    if args.json:
+        print_json(
+            {
+                "organization": org.slug,
+                "name": org.name,
+                "folder": folder,
+                "folder_exists": folder.is_dir(),
+                "config_dir": effective.config_dir,
+                "templates_dir": effective.templates_dir,
+                "settings": values,
+                "set_by_organization": sorted(from_file),
+            }
+        )
+        return EX_OK
+    print(f"organization   {org.slug} ({org.name})")
+    print(f"folder         {folder}" + ("" if folder.is_dir() else " (none: shared configuration)"))
+    print(f"config_dir     {effective.config_dir}")
+    print(f"templates_dir  {effective.templates_dir}")
+    print()
+    print_table(
+        ["setting", "value", "from"],
+        [(name, _shown_setting(value), origin[name]) for name, value in values.items()],
+    )
+    return EX_OK
+
+
+def _secret_value(args: argparse.Namespace) -> str:
+    """The value from standard input only (never an argument, which `ps` and the shell's
+    history would keep); asked without echo when standard input is a terminal."""
+    import getpass
+
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{args.name} for {args.slug} (not shown): ")
+    return sys.stdin.read().rstrip("\r\n")
+
+
+def cmd_org_secret_set(args: argparse.Namespace) -> int:
+    from automation.clock import SystemClock
+    from automation.db import transaction
+    from automation.organizations import Keyring, SecretRefused, check_secret_name, put_secret
+
+    try:
+        check_secret_name(args.name)  # before waiting for a value
+    except SecretRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EX_USAGE
+    keyring = Keyring.from_env()
+    value = _secret_value(args)
+    settings, engine, factory = _org_database(args)
+    try:
+        with transaction(factory) as session:
+            org = _organization_row(session, args.slug)
+            row = put_secret(
+                session, org.id, args.name, value, keyring, SystemClock().now(), _operator()
+            )
+            result = {"organization": org.slug, "name": row.name, "key_id": row.key_id}
+    except SecretRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json(result)
+    else:
+        print(f"stored {result['name']} for {result['organization']} (key {result['key_id']})")
+    return EX_OK
+
+
+def cmd_org_secret_unset(args: argparse.Namespace) -> int:
+    from automation.clock import SystemClock
+    from automation.db import transaction
+    from automation.organizations import remove_secret
+
+    settings, engine, factory = _org_database(args)
+    try:
+        with transaction(factory) as session:
+            org = _organization_row(session, args.slug)
+            removed = remove_secret(session, org.id, args.name, SystemClock().now(), _operator())
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json({"organization": args.slug, "name": args.name, "removed": removed})
+    elif removed:
+        print(f"removed {args.name} of {args.slug}")
+    else:
+        print(f"{args.slug} has no secret {args.name}: nothing to remove")
+    return EX_OK
+
+
+def cmd_org_secret_list(args: argparse.Namespace) -> int:
+    """Names, key ids and times: never a value (nothing is decrypted)."""
+    from automation.organizations import Keyring, list_secrets
+
+    keyring = Keyring.from_env_if_set()
+    settings, engine, factory = _org_database(args)
+    try:
+        with factory() as session:
+            org = _organization_row(session, args.slug)
+            found = list_secrets(session, org.id)
+    finally:
+        engine.dispose()
+    current = keyring.current_key_id if keyring else None
+    rows = [
+        {**asdict(s), "current_key": None if current is None else s.key_id == current}
+        for s in found
+    ]
+    if args.json:
+        print_json(rows)
+        return EX_OK
+    print_table(
+        ["name", "key_id", "updated_at (UTC)"],
+        [(r["name"], r["key_id"], r["updated_at"]) for r in rows],
+        empty=f"{args.slug} has no secrets: `automation org secret set {args.slug} NAME`",
+    )
+    stale = [r["name"] for r in rows if r["current_key"] is False]
+    if stale:
+        _note(
+            args,
+            f"{len(stale)} secret(s) not under the first key ({current}): "
+            "run `automation org secret rotate`",
+        )
+    return EX_OK
+
+
+def cmd_org_secret_rotate(args: argparse.Namespace) -> int:
+    """Re-encrypt every organization's secrets under the first key of AUTOMATION_SECRETS_KEYS."""
+    from automation.clock import SystemClock
+    from automation.db import transaction
+    from automation.organizations import Keyring, rotate
+
+    keyring = Keyring.from_env()
+    settings, engine, factory = _org_database(args)
+    try:
+        with transaction(factory) as session:
+            counts = rotate(session, keyring, SystemClock().now(), _operator())
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json(counts)
+        return EX_OK
+    print(
+        f"re-encrypted {counts.rotated} secret(s) under key {counts.key_id}; "
+        f"{counts.unchanged} already under it"
+    )
+    for slug, count in sorted(counts.by_organization.items()):
+        print(f"  {slug}: {count}")
+    if counts.from_key_ids:
+        _note(
+            args,
+            "no secret is under "
+            + ", ".join(sorted(counts.from_key_ids))
+            + " any more: that key may now be removed from AUTOMATION_SECRETS_KEYS",
+        )
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automation", description=__doc__)
     parser.add_argument(
@@ -1750,7 +2095,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = account.add_parser("add", help="a local account (password asked on the terminal)")
     p.add_argument("email")
-    p.add_argument("--role", required=True, choices=["hr_admin", "hr_partner", "manager"])
+    p.add_argument(
+        "--role", required=True, choices=["hr_admin", "hr_partner", "manager", "consultant"]
+    )
     p.add_argument("--name", help="shown in the console (default: the address)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--password-stdin", action="store_true", help="read it from stdin")
@@ -1766,6 +2113,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("email")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=cmd_console_account_active, active=active)
+    for name, granting in (("grant", True), ("revoke", False)):
+        p = account.add_parser(
+            name,
+            help=f"{name} a consultant's access to a client organization's console pages",
+        )
+        p.add_argument("email", help="the consultant's account (in the configured organization)")
+        p.add_argument("--org", required=True, metavar="SLUG", help="the client organization")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=cmd_console_account_grant, granting=granting)
 
     p = sub.add_parser(
         "completion",
@@ -2166,6 +2522,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="date_to", type=_date_arg, help="last day (UTC), inclusive")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_report_consistency)
+
+    org_cmd = sub.add_parser(
+        "org", help="client organizations: their settings folder and encrypted secrets"
+    ).add_subparsers(dest="sub", required=True)
+    p = org_cmd.add_parser(
+        "create", help="add an organization and config/orgs/SLUG/ with a commented settings.toml"
+    )
+    p.add_argument("slug", help="short name: lower-case letters, digits, '-' (e.g. north-wind)")
+    p.add_argument("--name", required=True, help="the organization's name, shown in its emails")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_org_create)
+    p = org_cmd.add_parser("list", help="every organization: people, folder, secrets, keys")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_org_list)
+    p = org_cmd.add_parser(
+        "config", help="the settings one organization runs with (secrets: set or not)"
+    )
+    p.add_argument("slug")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate its folder (settings, cadences, templates, …) and secrets; exit 78 on "
+        "problems",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_org_config)
+    secret = org_cmd.add_parser(
+        "secret", help="an organization's passwords and keys, encrypted at rest"
+    ).add_subparsers(dest="action", required=True)
+    p = secret.add_parser(
+        "set", help="store one secret, read from standard input (asked, hidden, on a terminal)"
+    )
+    p.add_argument("slug")
+    p.add_argument("name", help="caldav_password, google_credentials_file (the key's JSON), …")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_org_secret_set)
+    p = secret.add_parser("unset", help="remove one secret")
+    p.add_argument("slug")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_org_secret_unset)
+    p = secret.add_parser("list", help="names, key ids and times (never a value)")
+    p.add_argument("slug")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_org_secret_list)
+    p = secret.add_parser(
+        "rotate", help="re-encrypt every secret under the first key of AUTOMATION_SECRETS_KEYS"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_org_secret_rotate)
     _display_options_everywhere(parser)
     return parser
 
@@ -2245,6 +2651,7 @@ def cmd_console_account_list(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from automation.models import ConsoleAccount
+    from automation.services.accounts import granted_organizations
 
     def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
         return [
@@ -2255,6 +2662,7 @@ def cmd_console_account_list(args: argparse.Namespace) -> int:
                 "active": a.active,
                 "sign_in": "password" if a.password_hash else "openid" if a.oidc_subject else "-",
                 "last_sign_in_at": a.last_sign_in_at,
+                "clients": [o.slug for o in granted_organizations(session, a)],
             }
             for a in session.scalars(
                 select(ConsoleAccount)
@@ -2268,10 +2676,10 @@ def cmd_console_account_list(args: argparse.Namespace) -> int:
         print_json(rows)
         return EX_OK
     print_table(
-        ["email", "name", "role", "state", "sign_in", "last_sign_in_at (UTC)"],
+        ["email", "name", "role", "state", "sign_in", "last_sign_in_at (UTC)", "clients"],
         [
             (r["email"], r["name"], r["role"], "active" if r["active"] else "disabled",
-             r["sign_in"], r["last_sign_in_at"] or "never")
+             r["sign_in"], r["last_sign_in_at"] or "never", ", ".join(r["clients"]) or "-")
             for r in rows
         ],
         empty="no console accounts: `automation console account add` creates one",
@@ -2292,6 +2700,66 @@ def cmd_console_account_active(args: argparse.Namespace) -> int:
         print_json({"email": email, "active": args.active})
     else:
         print(f"{'enabled' if args.active else 'disabled (its sessions ended)'}: {email}")
+    return EX_OK
+
+
+def cmd_console_account_grant(args: argparse.Namespace) -> int:
+    """Grant (or revoke) a consultant's access to a client organization: the account is in the
+    configured organization, the client is named by its slug. Granting twice, or revoking what
+    was not granted, changes nothing and says so."""
+    from sqlalchemy import select
+
+    from automation.models import ConsoleAccount, Organization
+    from automation.services.accounts import (
+        AccountError,
+        grant,
+        granted_organizations,
+        revoke,
+    )
+
+    def action(rt, session, org, actor):  # type: ignore[no-untyped-def]
+        email = args.email.strip().lower()
+        account = session.scalar(
+            select(ConsoleAccount).where(
+                ConsoleAccount.organization_id == org, ConsoleAccount.email == email
+            )
+        )
+        if account is None:
+            raise AccountError(f"{email} has no console account")
+        client = session.scalar(select(Organization).where(Organization.slug == args.org))
+        if client is None:
+            known = ", ".join(session.scalars(select(Organization.slug).order_by(Organization.slug)))
+            raise AccountError(
+                f"no organization {args.org!r} (known: {known or 'none'}); create it with "
+                f"`automation org create {args.org} --name NAME`"
+            )
+        before = {o.id for o in granted_organizations(session, account)}
+        if args.granting:
+            grant(session, account, client.id, rt.now(), actor)
+            changed = client.id not in before
+        else:
+            changed = revoke(session, account, client.id, rt.now(), actor)
+        return {
+            "email": account.email,
+            "organization": client.slug,
+            "granted": args.granting,
+            "changed": changed,
+            "clients": [o.slug for o in granted_organizations(session, account)],
+        }
+
+    result = _operator_call(args, action, AccountError)
+    if result is None:
+        return EX_DATAERR
+    if args.json:
+        print_json(result)
+        return EX_OK
+    email, slug = result["email"], result["organization"]
+    if args.granting:
+        print(f"granted {email} access to {slug}" if result["changed"] else
+              f"{email} has access to {slug} already")  # fmt: skip
+    else:
+        print(f"revoked {email}'s access to {slug}" if result["changed"] else
+              f"{email} had no access to {slug}: nothing to revoke")  # fmt: skip
     return EX_OK
 
 

@@ -836,3 +836,38 @@ class AgendaSnapshot(OrgScoped, Base):
     coaching: Mapped[list[Any]]  # the triggers that fired (manager's copy only)
     outbound_message_id: Mapped[int | None]
     built_at: Mapped[dt.datetime]
+
+
+class OrganizationSecret(OrgScoped, Base):
+    """One credential of one organization (an SMTP password, a Graph client secret, a Google
+    service-account key), encrypted at rest with Fernet under a key from the environment
+    (``AUTOMATION_SECRETS_KEYS``; see :mod:`automation.organizations`). ``key_id`` is a short
+    fingerprint of the key that encrypted it, so a rotation can say what is still under an old
+    key; the value itself is never stored, logged or audited in the clear."""
+
+    __tablename__ = "organization_secrets"
+    __table_args__ = (UniqueConstraint("organization_id", "name"),)
+    name: Mapped[str] = mapped_column(String(100))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class ConsoleGrant(OrgScoped, Base):
+    """A consultant's access to a client organization (fractional HR). The row belongs to the
+    consultant account's own organization (``organization_id``, with ``account_id``), so that
+    organization's scope sees who it granted; ``granted_organization_id`` is the client whose
+    figures and queue the account may open in ``/console/clients``, each in that client's own
+    scope. Revoking deletes the row; both organizations' audit logs keep the history."""
+
+    __tablename__ = "console_grants"
+    __table_args__ = (
+        UniqueConstraint("organization_id", "id"),
+        UniqueConstraint("account_id", "granted_organization_id"),
+        org_fk("account_id", "console_accounts"),
+    )
+    account_id: Mapped[int]
+    granted_organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
+    granted_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime]

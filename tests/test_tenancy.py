@@ -105,3 +105,57 @@ def test_the_audit_log_of_a_scoped_session_is_its_own(two) -> None:  # type: ign
     for org in (a, b):
         with transaction(rt.factory) as session:
             assert audit.verify(session, org).intact
+
+
+def test_postgresql_row_level_security_is_a_second_wall_under_plain_sql(two) -> None:  # type: ignore[no-untyped-def]
+    """Plain SQL bypasses the ORM listeners; the policies still show a scoped transaction only
+    its organization. Checked as an ordinary role: a superuser is never bound by policies."""
+    from sqlalchemy import text
+
+    rt, (a, _), (b, _) = two
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("row-level security is PostgreSQL's; SQLite has the ORM wall only")
+    with rt.engine.begin() as conn:
+        conn.execute(text(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenant_probe') "
+            "THEN CREATE ROLE tenant_probe NOLOGIN NOSUPERUSER NOBYPASSRLS; END IF; END $$"
+        ))  # fmt: skip
+        schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO tenant_probe'))
+        conn.execute(
+            text(f'GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO tenant_probe')
+        )
+    with transaction(scoped_factory(rt.engine, a)) as session:
+        session.execute(text("SET LOCAL ROLE tenant_probe"))
+        emails = session.execute(text("SELECT email FROM people ORDER BY email")).scalars().all()
+        slugs = session.execute(text("SELECT slug FROM organizations")).scalars().all()
+        moved = session.execute(text("UPDATE people SET name = 'x'")).rowcount  # type: ignore[attr-defined]
+    assert emails == ["ann@alpha.test"] and slugs == ["alpha"] and moved == 1
+    with transaction(rt.factory) as session:  # the system scope (no setting) sees both
+        session.execute(text("SET LOCAL ROLE tenant_probe"))
+        assert session.execute(text("SELECT count(*) FROM people")).scalar_one() == 2
+        names = dict(session.execute(text("SELECT organization_id, name FROM people")).all())
+    assert names[a] == "x" and names[b] == "bob"
+
+
+def test_every_tenant_table_has_its_row_level_security_policy(two) -> None:  # type: ignore[no-untyped-def]
+    """A table added later without a policy in its migration fails here."""
+    from sqlalchemy import text
+
+    from automation.models import Base
+
+    rt, _, _ = two
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("row-level security is PostgreSQL's")
+    tenant_tables = {
+        t.name for t in Base.metadata.tables.values() if "organization_id" in t.columns
+    } | {"organizations"}
+    with rt.engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
+            "EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        )).all()  # fmt: skip
+    protected = {name for name, enabled, forced, policy in rows if enabled and forced and policy}
+    assert tenant_tables - protected == set()
