@@ -2728,7 +2728,9 @@ def cmd_console_account_grant(args: argparse.Namespace) -> int:
             raise AccountError(f"{email} has no console account")
         client = session.scalar(select(Organization).where(Organization.slug == args.org))
         if client is None:
-            known = ", ".join(session.scalars(select(Organization.slug).order_by(Organization.slug)))
+            known = ", ".join(
+                session.scalars(select(Organization.slug).order_by(Organization.slug))
+            )
             raise AccountError(
                 f"no organization {args.org!r} (known: {known or 'none'}); create it with "
                 f"`automation org create {args.org} --name NAME`"

@@ -26,10 +26,10 @@ from automation.runtime import Runtime
 
 
 def add_console(app: FastAPI, get_runtime: Callable[[], Runtime]) -> None:
-    from automation.console import access, configuration, oidc, people, queues, reports
+    from automation.console import access, clients, configuration, oidc, people, queues, reports
 
     app.state.console_runtime = get_runtime
-    for module in (access, oidc, people, configuration, queues, reports):
+    for module in (access, oidc, people, configuration, queues, reports, clients):
         app.include_router(module.router)
         if hasattr(module, "install"):  # JSON endpoints (in the OpenAPI description), state
             module.install(app)

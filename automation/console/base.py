@@ -13,7 +13,9 @@ A page declares what it needs as FastAPI dependencies:
 
 Roles: ``hr_admin`` does everything; ``hr_partner`` sees the whole organization and works the
 overdue queue and the quarantine; ``manager`` sees the people who report to them, directly or
-not, and acknowledges what is overdue in that chain. Only HR admins change configuration,
+not, and acknowledges what is overdue in that chain. ``consultant`` (fractional HR) has an HR
+partner's rights in its own organization, and reaches the organizations it is granted
+(``Viewer.granted``) only through :mod:`.clients`. Only HR admins change configuration,
 templates and accounts. Every change a page makes is written to the audit log with the actor
 ``console:<address>``.
 """
@@ -43,9 +45,17 @@ SESSION_COOKIE = "checkin_session"
 LOGIN_CSRF_COOKIE = "checkin_login_csrf"
 MAX_FORM = 256 * 1024  # a template being edited is the largest form
 HR_ADMIN, HR_PARTNER, MANAGER = "hr_admin", "hr_partner", "manager"
-HR = (HR_ADMIN, HR_PARTNER)
-ANYONE = (HR_ADMIN, HR_PARTNER, MANAGER)
-ROLE_NAMES = {HR_ADMIN: "HR admin", HR_PARTNER: "HR partner", MANAGER: "manager"}
+# Fractional HR: an HR partner's rights in its own organization; the organizations it is
+# granted only through the client pages (automation/console/clients.py), each in its scope.
+CONSULTANT = "consultant"
+HR = (HR_ADMIN, HR_PARTNER, CONSULTANT)
+ANYONE = (HR_ADMIN, HR_PARTNER, MANAGER, CONSULTANT)
+ROLE_NAMES = {
+    HR_ADMIN: "HR admin",
+    HR_PARTNER: "HR partner",
+    MANAGER: "manager",
+    CONSULTANT: "fractional HR consultant",
+}
 
 HEADERS = {
     "Cache-Control": "no-store",
@@ -71,6 +81,14 @@ class Viewer:
     role: str
     person_id: int | None
     csrf: str
+    # A consultant's client organizations (console_grants), read on every request: a revoked
+    # grant is gone at the next one. Empty for every other role.
+    granted: tuple[int, ...] = ()
+
+    @property
+    def organizations(self) -> tuple[int, ...]:
+        """Every organization the viewer reaches: their own, then the granted ones."""
+        return (self.organization_id,) + tuple(o for o in self.granted if o != self.organization_id)
 
     @property
     def actor(self) -> str:
@@ -136,9 +154,10 @@ def viewer(request: Request, rt: Rt) -> Viewer:
         if found is None:
             raise NotSignedIn()
         account, row = found
+        granted = tuple(o.id for o in accounts.granted_organizations(session, account))
         return Viewer(
             account.id, account.organization_id, account.email, account.name, account.role,
-            account.person_id, row.csrf_token,
+            account.person_id, row.csrf_token, granted,
         )  # fmt: skip
 
 
@@ -294,6 +313,7 @@ NOTICES: dict[str, str] = {"signed-in": "Signed in."}
 
 NAV = (
     ("/console/", "Home", ANYONE),
+    ("/console/clients", "Clients", (CONSULTANT,)),
     ("/console/people", "People", ANYONE),
     ("/console/calendar", "Calendar", ANYONE),
     ("/console/queue", "Overdue", ANYONE),

@@ -26,11 +26,14 @@ from sqlalchemy.orm import Session
 
 from automation import audit
 from automation.errors import AutomationError
-from automation.models import ConsoleAccount, ConsoleSession, Person
+from automation.models import ConsoleAccount, ConsoleGrant, ConsoleSession, Organization, Person
 
 log = logging.getLogger("automation.console")
 
-ROLES = ("hr_admin", "hr_partner", "manager")
+# A consultant ("fractional HR") has an HR partner's rights in its own organization and sees
+# the organizations it is granted (grant()) through the console's client pages only.
+ROLES = ("hr_admin", "hr_partner", "manager", "consultant")
+CONSULTANT = "consultant"
 MIN_PASSWORD = 12
 MAX_FAILED_SIGN_INS = 5
 LOCKOUT = dt.timedelta(minutes=15)
@@ -447,3 +450,133 @@ def set_active(
         at=now,
     )
     return account
+
+
+# --------------------------------------------------------------------------- client grants
+
+
+def _system_scope(session: Session, what: str) -> None:
+    """Grants span organizations: they are read and written in the system scope (the CLI, the
+    console's sign-in look-up), never in a session scoped to one organization."""
+    from automation.tenancy import scope_of
+
+    if scope_of(session) is not None:
+        raise AccountError(f"{what} spans organizations: call it in the system scope")
+
+
+def _slug(session: Session, organization_id: int) -> str:
+    return session.scalar(select(Organization.slug).where(Organization.id == organization_id)) or ""
+
+
+def grant(
+    session: Session, account: ConsoleAccount, organization_id: int, now: dt.datetime, actor: str
+) -> ConsoleGrant:
+    """Let a consultant's account open ``organization_id``'s client pages (the cross-client
+    summary, the combined overdue queue, the client's report). Only a ``consultant`` account
+    can be granted. Granting again changes nothing and returns the grant in force. Audited in
+    both organizations' logs as ``console.access_granted``."""
+    _system_scope(session, "granting")
+    if account.role != CONSULTANT:
+        raise AccountError(
+            f"{account.email} is a {account.role}: only a consultant's account is granted "
+            "client organizations (fix: `automation console account add EMAIL --role consultant`)"
+        )
+    client = session.get(Organization, organization_id)
+    if client is None:
+        raise AccountError(f"no organization with id {organization_id}")
+    existing = session.scalar(
+        select(ConsoleGrant).where(
+            ConsoleGrant.account_id == account.id,
+            ConsoleGrant.granted_organization_id == organization_id,
+        )
+    )
+    if existing is not None:
+        return existing
+    row = ConsoleGrant(
+        organization_id=account.organization_id,
+        account_id=account.id,
+        granted_organization_id=organization_id,
+        granted_by=actor,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    _audit_grant(session, account, client, "console.access_granted", now, actor)
+    return row
+
+
+def revoke(
+    session: Session, account: ConsoleAccount, organization_id: int, now: dt.datetime, actor: str
+) -> bool:
+    """End a consultant's access to ``organization_id``: from the next request on, its client
+    pages answer 404 (the console reads the grants on every request). False when there was no
+    such grant. Audited in both organizations' logs as ``console.access_revoked``."""
+    _system_scope(session, "revoking")
+    row = session.scalar(
+        select(ConsoleGrant).where(
+            ConsoleGrant.account_id == account.id,
+            ConsoleGrant.granted_organization_id == organization_id,
+        )
+    )
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    client = session.get(Organization, organization_id)
+    assert client is not None  # the foreign key keeps it
+    _audit_grant(session, account, client, "console.access_revoked", now, actor)
+    return True
+
+
+def granted_organizations(session: Session, account: ConsoleAccount) -> list[Organization]:
+    """The client organizations ``account`` may open, by name; none unless it is a
+    consultant's (a grant is only ever made to one)."""
+    _system_scope(session, "listing grants")
+    if account.role != CONSULTANT:
+        return []
+    return list(
+        session.scalars(
+            select(Organization)
+            .join(ConsoleGrant, ConsoleGrant.granted_organization_id == Organization.id)
+            .where(
+                ConsoleGrant.organization_id == account.organization_id,
+                ConsoleGrant.account_id == account.id,
+            )
+            .order_by(Organization.name, Organization.id)
+        )
+    )
+
+
+def _audit_grant(
+    session: Session,
+    account: ConsoleAccount,
+    client: Organization,
+    action: str,
+    now: dt.datetime,
+    actor: str,
+) -> None:
+    """The account's organization records whom it reaches; the client, who reaches it."""
+    audit.record(
+        session,
+        account.organization_id,
+        actor=actor,
+        action=action,
+        subject_kind="console_account",
+        subject_id=account.id,
+        at=now,
+        data={"email": account.email, "organization": client.slug},
+    )
+    if client.id != account.organization_id:
+        audit.record(
+            session,
+            client.id,
+            actor=actor,
+            action=action,
+            subject_kind="organization",
+            subject_id=client.id,
+            at=now,
+            data={
+                "email": account.email,
+                "account_organization": _slug(session, account.organization_id),
+            },
+        )
