@@ -46,6 +46,13 @@ def scope_of(session: Session) -> int | None:
     return int(value) if value is not None else None
 
 
+def system_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions of the system scope, for the few questions about the whole deployment that
+    code running for one organization must ask (is this channel anyone's?). Use sparingly:
+    every such call is a place where isolation rests on the caller."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
 def scoped_factory(engine: Engine, organization_id: int) -> sessionmaker[Session]:
     """Sessions that see and change only ``organization_id``'s rows."""
     return sessionmaker(engine, expire_on_commit=False, info={SCOPE_KEY: int(organization_id)})
@@ -54,11 +61,16 @@ def scoped_factory(engine: Engine, organization_id: int) -> sessionmaker[Session
 @event.listens_for(Session, "do_orm_execute")
 def _only_this_organization(state: ORMExecuteState) -> None:
     organization_id = scope_of(state.session)
-    if organization_id is None or not (state.is_select or state.is_update or state.is_delete):
+    if organization_id is None:
+        return
+    if state.is_insert:
+        _check_insert(state, organization_id)
+        return
+    if not (state.is_select or state.is_update or state.is_delete):
         return
     if state.is_column_load or state.is_relationship_load:
         return  # the parent row was loaded in scope; its criteria are already applied
-    state.statement = state.statement.options(
+    statement = state.statement.options(
         with_loader_criteria(
             OrgScoped,
             lambda cls: cls.organization_id == organization_id,
@@ -70,6 +82,52 @@ def _only_this_organization(state: ORMExecuteState) -> None:
             include_aliases=True,
         ),
     )
+    if state.is_update or state.is_delete:
+        # Written against the Table rather than the mapped class, a statement escapes the
+        # loader criteria: filter its table directly (a repeat of the criteria otherwise).
+        table = statement.table
+        owner = _owner_column(table)
+        if owner is not None:
+            statement = statement.where(owner == organization_id)
+    state.statement = statement
+
+
+def _owner_column(table: Any) -> Any:
+    """The column naming a row's organization: ``organization_id``, or ``organizations.id``."""
+    columns = getattr(table, "c", None)
+    if columns is None:
+        return None
+    if "organization_id" in columns:
+        return columns.organization_id
+    return columns.id if getattr(table, "name", None) == "organizations" else None
+
+
+def _check_insert(state: ORMExecuteState, organization_id: int) -> None:
+    """An INSERT (the service writes its hot rows with statements, not objects) may only
+    write rows of the session's organization: the values in the statement and those passed
+    to execute are checked before anything is sent."""
+    statement = state.statement
+    owner = _owner_column(statement.table)
+    if owner is None:
+        return
+    given: list[Any] = []
+    for column, value in (getattr(statement, "_values", None) or {}).items():
+        if getattr(column, "key", column) == owner.key:
+            given.append(getattr(value, "value", value))
+    for row in getattr(statement, "_multi_values", None) or ():
+        for values in row:
+            if isinstance(values, dict):
+                given.extend(v for k, v in values.items() if getattr(k, "key", k) == owner.key)
+    parameters = state.parameters
+    for row in parameters if isinstance(parameters, list) else [parameters or {}]:
+        if owner.key in row:
+            given.append(row[owner.key])
+    for value in given:
+        if value is not None and not hasattr(value, "compile") and value != organization_id:
+            raise CrossTenantWrite(
+                f"an INSERT into {statement.table.name} for organization {value} in a "
+                f"session scoped to organization {organization_id}"
+            )
 
 
 @event.listens_for(Session, "before_flush")

@@ -860,7 +860,7 @@ NO_SUBJECT = {
     "ingest": "no-message",
     "plan": re.compile(r"series\+\d+ occurrences\+\d+"),
     "retention": re.compile(r"people 0 held-requests 0 "),
-    "mail_poll": re.compile(r"\d+ message\(s\) taken in"),
+    "mail_poll": re.compile(r"\d+ message\(s\) taken in|no inbox of this organization"),
 }
 
 
@@ -904,13 +904,6 @@ def test_a_task_whose_subject_is_the_others_row_neither_reads_nor_changes_it(
     assert sent_to(world, victim) == mails
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a mail_poll task of a client organization polls the deployment's inbox "
-    "(Runtime.tenant shares the parent's inbox; services/inbound.py run_mail_poll -> "
-    "poll_inbox -> store_many stores for rt.organization_id): the deployment organization's "
-    "mail is taken in as the other organization's messages",
-)
 def test_a_mail_poll_task_of_a_client_does_not_take_the_deployments_mail(world: World) -> None:
     a, b = world.a, world.b
     raw = stranger_mail(world.rt, a.email("hr"), "For acme only", "acme's own mail\n")
@@ -942,14 +935,6 @@ class FakeGoogle:
         self.stopped.append((calendar, channel.id))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/calendars.py stop_unknown_channel checks 'is this channel ours after "
-    "all' in the task's tenant scope: a channel the webhook could not place (its opening not "
-    "committed yet) is recorded under the deployment's organization, and once another "
-    "organization's calendar holds it the stop task no longer sees it and stops the other "
-    "organization's live channel with its own calendars' credentials",
-)
 def test_a_channel_stop_never_stops_the_others_live_channel(world: World) -> None:
     from automation import audit
 
@@ -1099,8 +1084,6 @@ def test_insert_statements_for_the_other_organization_are_refused(
     version): in a scoped session, an INSERT of another organization's row is refused like
     a flushed object is."""
     engine, a, b, _, ids_b = filled
-    if engine.dialect.name == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=INSERT_HOLE))
     now = dt.datetime(2026, 3, 2, 7, 0, tzinfo=dt.UTC)
     not_refused = []
     for model in tenant_models():
@@ -1127,8 +1110,6 @@ def test_table_statements_stay_in_the_organization(
     """UPDATE and DELETE written against the Table (not the mapped class; the service
     already writes its hot INSERTs that way): the scope must filter them too."""
     engine, a, b, _, ids_b = filled
-    if engine.dialect.name == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=TABLE_HOLE))
     reached = []
     for model in tenant_models():
         table = model.__table__  # type: ignore[attr-defined]
@@ -1147,17 +1128,3 @@ def test_table_statements_stay_in_the_organization(
                     reached.append(f"{model.__name__}: {type(exc).__name__}")
                 session.rollback()
     assert reached == []
-
-
-INSERT_HOLE = (
-    "automation/tenancy.py _only_this_organization returns for INSERT statements and "
-    "before_flush sees only flushed objects: in a scoped session, insert(Model).values(...) "
-    "and insert(Model.__table__) with another organization's id write that organization's "
-    "row (on SQLite; PostgreSQL's row-level security refuses it)"
-)
-TABLE_HOLE = (
-    "automation/tenancy.py adds with_loader_criteria, which applies to mapped entities only: "
-    "an update()/delete() written against a Table (Model.__table__) in a scoped session "
-    "reaches another organization's rows (on SQLite; PostgreSQL's row-level security hides "
-    "them)"
-)

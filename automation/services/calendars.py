@@ -716,6 +716,26 @@ def sync_now(
     return out
 
 
+def held_by_anyone(rt: Runtime, channel_id: str) -> bool:
+    """Whether a calendar of any organization holds the channel: a question about the whole
+    deployment, so asked outside the task's scope (automation.tenancy), on a connection of
+    its own with no transaction (the task's own holds SQLite's write lock, which a second
+    transaction would wait for)."""
+    mark = "?" if rt.engine.dialect.paramstyle == "qmark" else "%s"
+    conn = rt.engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        cursor.execute(
+            f"SELECT 1 FROM calendar_syncs WHERE channel_id = {mark} LIMIT 1", (channel_id,)
+        )
+        found = cursor.fetchone() is not None
+        cursor.close()
+        conn.rollback()  # PostgreSQL opened a transaction for the read: end it
+    finally:
+        conn.close()
+    return found
+
+
 @handles("calendar_channel_stop")
 def stop_unknown_channel(rt: Runtime, session: Session, task: Task) -> str:
     """Stop a Google channel that notifies us but that no calendar of ours holds (left over
@@ -731,7 +751,9 @@ def stop_unknown_channel(rt: Runtime, session: Session, task: Task) -> str:
     resource = str(entry.data.get("resource_id") or "")
     if not channel_id or not has_push(rt):
         return "nothing to stop"
-    if session.scalar(select(CalendarSync.id).where(CalendarSync.channel_id == channel_id)):
+    # Any organization's: a channel the webhook could not place is filed under the
+    # deployment's organization, and may belong to another one by now. Keep it if so.
+    if held_by_anyone(rt, channel_id):
         return "channel is ours after all: kept"
     calendars = list(
         session.scalars(
