@@ -34,6 +34,7 @@ import email.policy
 import email.utils
 import itertools
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -257,14 +258,6 @@ def test_a_calendar_answer_to_the_others_invite_changes_no_meeting(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shared inbound path stores every message as the deployment's organization: "
-    "a reply to beta's prompt that reaches the inbound webhook (or the configured inbox) is "
-    "stored as acme's message, quarantined there ('reply token belongs to another "
-    "organization'), its text readable by acme's HR in acme's quarantine, and beta's check-in "
-    "is never documented",
-)
 def test_a_reply_to_the_second_organization_reaching_the_shared_inbound_path_is_its_own(
     world: World,
 ) -> None:
@@ -681,6 +674,8 @@ def cadence_restored(world: World) -> Iterator[Path]:
     finally:
         path.write_text(old)
         for org in (world.a, world.b):
+            # A save writes the organization's own copy (config/orgs/<slug>/cadences/).
+            shutil.rmtree(path.parent.parent / "orgs" / org.cast.slug, ignore_errors=True)
             _plan(world, org)
 
 
@@ -709,13 +704,6 @@ def test_a_cadence_saved_in_the_console_is_audited_and_applied_in_the_savers_org
         assert saved and set(saved) == {me.id}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config folders are shared: a cadence an organization's HR admin saves in the "
-    "console (automation/console/configuration.py _save_or_refuse -> _file_path under "
-    "settings.config_dir) is the other organization's cadence too, and the other's next plan "
-    "stores it in its own cadences row",
-)
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_a_cadence_saved_by_one_organization_is_not_the_others(
     world: World, direction: tuple[str, str]

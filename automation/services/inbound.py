@@ -31,14 +31,16 @@ optionally attributing it to a person on record; the raw bytes never change.
 from __future__ import annotations
 
 import datetime as dt
+import email.policy
 import email.utils
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
-from email.parser import HeaderParser
+from email.parser import BytesHeaderParser, HeaderParser
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, insert, or_, select
@@ -122,13 +124,14 @@ def store_many(rt: Runtime, raws: list[bytes], source: str) -> list[Stored]:
     now = rt.now()
     digests = [hashlib.sha256(raw).hexdigest() for raw in raws]
     with transaction(rt.factory) as session:
-        org = _organization_id(rt, session)
+        default = _organization_id(rt, session)
+        owners = _owners(rt, session, raws, default)
         rows = {}
-        for raw, digest in zip(raws, digests, strict=True):
+        for raw, digest, owner in zip(raws, digests, owners, strict=True):
             rows.setdefault(
                 digest,
                 {
-                    "organization_id": org,
+                    "organization_id": owner,
                     "raw": raw,
                     "sha256": digest,
                     "size": len(raw),
@@ -146,19 +149,32 @@ def store_many(rt: Runtime, raws: list[bytes], source: str) -> list[Stored]:
             ).all()
         )
         known = set(inserted)
-        missing = [d for d in rows if d not in known]
         ids = dict(inserted)
-        if missing:
-            ids.update(
-                session.execute(
-                    select(InboundMessage.sha256, InboundMessage.id).where(
-                        InboundMessage.organization_id == org, InboundMessage.sha256.in_(missing)
-                    )
-                ).all()
+        by_owner: dict[int, list[str]] = {}
+        for digest, row in rows.items():
+            by_owner.setdefault(row["organization_id"], []).append(digest)
+        tasks: dict[str, int] = {}
+        for owner, owned in by_owner.items():
+            missing = [d for d in owned if d not in known]
+            if missing:
+                ids.update(
+                    session.execute(
+                        select(InboundMessage.sha256, InboundMessage.id).where(
+                            InboundMessage.organization_id == owner,
+                            InboundMessage.sha256.in_(missing),
+                        )
+                    ).all()
+                )
+            tasks.update(
+                create_tasks(
+                    session,
+                    owner,
+                    "ingest",
+                    [(f"ingest:{ids[d]}", ids[d]) for d in owned],
+                    now,
+                    now,
+                )  # fmt: skip
             )
-        tasks = create_tasks(
-            session, org, "ingest", [(f"ingest:{ids[d]}", ids[d]) for d in rows], now, now
-        )
     stored, seen = [], set()
     for digest in digests:
         message_id = ids[digest]
@@ -169,6 +185,56 @@ def store_many(rt: Runtime, raws: list[bytes], source: str) -> list[Stored]:
         if not s.duplicate:
             rt.enqueue(s.task_id)
     return stored
+
+
+MAX_HEADER_BYTES = 64 * 1024  # a message's header is read for its owner, never more
+# Where a reply address can stand: the recipients, and what the MTA says it delivered to.
+_RECIPIENT_HEADERS = ("To", "Cc", "Delivered-To", "X-Original-To")
+
+
+def _owners(rt: Runtime, session: Session, raws: list[bytes], default: int) -> list[int]:
+    """Whose each message is. A deployment serving several organizations has one inbound
+    path (the webhook, the configured inbox); a reply names its organization in its signed
+    reply address, so it is stored as that organization's message: its HR reads it and its
+    check-in is documented. Anything else (no token, a forged one) is the deployment's own,
+    and its ingest says why. A runtime working for one organization (its own inbox) keeps
+    everything as its own: another organization's token is then quarantined by the ingest."""
+    if rt.organization_id is not None:
+        return [default] * len(raws)
+    organizations = _organizations(rt, session)
+    if len(organizations) < 2:
+        return [default] * len(raws)
+    key = rt.settings.signing_key()
+    parser = BytesHeaderParser(policy=email.policy.compat32)
+    owners = []
+    for raw in raws:
+        owner = default
+        try:
+            headers = parser.parsebytes(raw[:MAX_HEADER_BYTES])
+            addresses = [
+                str(value) for name in _RECIPIENT_HEADERS for value in headers.get_all(name, [])
+            ]
+            token = find_token(key, addresses)
+        except (ForgedToken, ValueError, TypeError):
+            token = None  # the ingest quarantines it with the precise reason
+        if token is not None and token.organization_id not in organizations:
+            organizations = _organizations(rt, session, fresh=True)  # one created since
+        if token is not None and token.organization_id in organizations:
+            owner = token.organization_id
+        owners.append(owner)
+    return owners
+
+
+def _organizations(rt: Runtime, session: Session, fresh: bool = False) -> set[int]:
+    """The organizations' ids, read again at most once a minute (or when asked): a
+    single-organization deployment pays for no header parsing, and a new one is seen."""
+    cached = rt.cache.get("organization_ids")
+    if fresh or cached is None or time.monotonic() - cached[0] > 60:
+        cached = rt.cache["organization_ids"] = (
+            time.monotonic(),
+            set(session.scalars(select(Organization.id))),
+        )
+    return cached[1]  # type: ignore[no-any-return]
 
 
 def _organization_id(rt: Runtime, session: Session) -> int:
