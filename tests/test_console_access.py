@@ -81,3 +81,44 @@ def test_cookies_are_secure_when_the_console_is_served_over_https(console: Conso
     # browser from sending the cookie back at all.
     plain = console.client.get("/console/sign-in").headers["set-cookie"]
     assert "Secure" not in plain
+
+
+def test_a_client_organizations_hr_signs_in_at_its_own_address_and_sees_only_it(
+    console: Console,  # noqa: F811
+) -> None:
+    from automation.db import transaction
+    from automation.models import Person
+    from automation.people import ensure_organization
+    from automation.services import accounts
+    from tests.console_support import PASSWORD, csrf_of
+
+    now = console.rt.now()
+    with transaction(console.rt.factory) as session:
+        beta = ensure_organization(session, "beta", "Beta", now).id
+        session.add(Person(organization_id=beta, email="bo@beta.test", name="Bo Beta",
+                           timezone="UTC", created_at=now, updated_at=now))  # fmt: skip
+        accounts.create_account(
+            session, beta, email="hr@beta.test", name="Beta HR", role="hr_admin", now=now,
+            actor="test", password=PASSWORD,
+        )  # fmt: skip
+    client = console.client
+    client.cookies.clear()
+    # At the deployment's sign-in, the client's account is unknown (same refusal as ever).
+    page = client.get("/console/sign-in")
+    refused = client.post("/console/sign-in", data={
+        "email": "hr@beta.test", "password": PASSWORD, "csrf": csrf_of(page.text)})  # fmt: skip
+    assert refused.status_code == 401
+    page = client.get("/console/sign-in", params={"org": "beta"})
+    assert 'name="organization" value="beta"' in page.text
+    signed = client.post(
+        "/console/sign-in",
+        data={"email": "hr@beta.test", "password": PASSWORD, "csrf": csrf_of(page.text),
+              "organization": "beta"},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert signed.status_code == 303
+    people = client.get("/console/people").text
+    assert "Bo Beta" in people and "Ana Souza" not in people and "ana@acme.test" not in people
+    # A slug that is not one is ignored, never reflected.
+    odd = client.get("/console/sign-in", params={"org": "<b>x"})
+    assert "&lt;b&gt;" not in odd.text and 'name="organization"' not in odd.text

@@ -9,6 +9,7 @@ Secure when ``base_url`` is https; every change carries the session's own CSRF t
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 
 from fastapi import APIRouter, Request
@@ -67,11 +68,18 @@ def organization_id(rt: Runtime) -> int | None:
 
 
 def sign_in_response(
-    request: Request, rt: Runtime, csrf: str, target: str, message: str = "", status: int = 200
+    request: Request,
+    rt: Runtime,
+    csrf: str,
+    target: str,
+    message: str = "",
+    status: int = 200,
+    organization: str = "",
 ) -> Response:
     response = render(
         request, "sign_in.html", None, status, csrf=csrf, next=safe_next(target),
         message=message, providers=getattr(request.app.state, "console_oidc_providers", ()),
+        organization=organization if ORGANIZATION_SLUG.fullmatch(organization) else "",
     )  # fmt: skip
     response.set_cookie(
         LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=secure(rt),
@@ -80,9 +88,19 @@ def sign_in_response(
     return response
 
 
+# A client organization's people sign in at /console/sign-in?org=<slug>; without it, the
+# deployment's own organization (settings.organization).
+ORGANIZATION_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
+
+
 @router.get("/sign-in")
-def sign_in_page(request: Request, rt: Rt, next: str = "/console/") -> Response:  # noqa: A002
-    return sign_in_response(request, rt, secrets.token_urlsafe(32), next)
+def sign_in_page(
+    request: Request,
+    rt: Rt,
+    next: str = "/console/",  # noqa: A002
+    org: str = "",
+) -> Response:
+    return sign_in_response(request, rt, secrets.token_urlsafe(32), next, organization=org)
 
 
 @router.post("/sign-in")
@@ -92,12 +110,13 @@ async def sign_in(request: Request, rt: Rt) -> Response:
     if not accounts.csrf_token_ok(expected, fields.get("csrf")):
         raise FormExpired()
     target = fields.get("next", "/console/")
+    slug = fields.get("organization", "")
+    if not ORGANIZATION_SLUG.fullmatch(slug):
+        slug = rt.settings.organization
 
     def attempt() -> accounts.SignedIn | None:
         with transaction(rt.factory) as session:
-            org = session.scalar(
-                select(Organization.id).where(Organization.slug == rt.settings.organization)
-            )
+            org = session.scalar(select(Organization.id).where(Organization.slug == slug))
             if org is None:
                 return None
             # The refusal (its count, a lock) commits with this transaction.
@@ -108,7 +127,9 @@ async def sign_in(request: Request, rt: Rt) -> Response:
     signed = await run_in_threadpool(attempt)
     if signed is None:
         message = str(accounts.SignInRefused())
-        return sign_in_response(request, rt, expected, target, message, 401)
+        return sign_in_response(
+            request, rt, expected, target, message, 401, fields.get("organization", "")
+        )
     return start_session(rt, signed, target)
 
 
