@@ -10,6 +10,19 @@ the submitted text still in the editor and every problem beside it, with its lin
 replaces the file atomically and records the file's SHA-256 before and after (never the
 content) in the audit log.
 
+Where a save goes: a deployment that serves several organizations (fractional HR) keeps each
+organization's configuration apart, so an HR admin's save is written into their organization's
+own folder (:func:`automation.organizations.org_folder`, ``config/orgs/<slug>/``), never into
+the shared files another organization also runs with. A cadence or PIP template folder is
+copied from the shared one the first time (copy-on-write: ``cadences/`` there replaces the
+shared ``cadences/`` whole, so the organization keeps every cadence it had); templates are
+written file by file into ``config/orgs/<slug>/templates/email/<name>/`` (the organization's
+files come first, the rest stays shared). Once an organization has a folder of its own for a
+kind, saves go there whatever the number of organizations. A deployment with one organization
+(and no folder of its own for that kind) writes the shared files, as it always did. Pages
+show the organization's effective files (its runtime's view of them), and a save is audited in
+its own log; its runtime reloads from the new files (:meth:`automation.runtime.Runtime.reloaded`).
+
 A saved cadence is applied at once in this process: the service loads cadences only when a
 runtime is built (:func:`automation.runtime.build_runtime`) and planning stores the loaded set
 (:func:`automation.services.planning.sync_cadences`), so without a reload the next plan would
@@ -29,7 +42,9 @@ import email.utils
 import hashlib
 import json
 import logging
+import os
 import secrets
+import shutil
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -42,10 +57,11 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyCookie
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from automation import audit
+from automation import audit, organizations
 from automation.config import (
     CADENCES_FOLDER,
     PIPS_FOLDER,
@@ -67,6 +83,7 @@ from automation.console.base import (
     SESSION_COOKIE,
     AdminViewer,
     Changed,
+    ConsoleError,
     Forbidden,
     HrViewer,
     NotFound,
@@ -90,12 +107,14 @@ from automation.emails import (
     template_names,
 )
 from automation.errors import ConfigError, ProviderError
+from automation.models import Organization
 from automation.ports import OutgoingMail
 from automation.runtime import Runtime
 from automation.services import accounts
 from automation.services.messages import sender_domain
 from automation.services.planning import sync_cadences
 from automation.template_samples import sample_context
+from automation.tenancy import system_factory
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 log = logging.getLogger("automation.console")
@@ -126,6 +145,82 @@ def _shown(rt: Runtime, text: str) -> str:
     for folder in (rt.settings.config_dir, rt.settings.templates_dir):
         text = text.replace(f"{folder}/", "")
     return text
+
+
+# --------------------------------------------------------------------------- where saves go
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a save writes: ``folder``; ``own`` names the organization's folder
+    (``orgs/<slug>``, for the audit entry) when it is written there, None for the shared
+    files."""
+
+    folder: Path
+    own: str | None = None
+
+
+def _serves_many(rt: Runtime) -> bool:
+    """Whether the deployment serves more than one organization (a system-scope read: the
+    question is about the deployment, and it answers with a number only)."""
+    with system_factory(rt.engine)() as session:
+        return len(session.scalars(select(Organization.id).limit(2)).all()) > 1
+
+
+def _shared(rt: Runtime) -> tuple[Path, Path]:
+    """The deployment's config_dir and templates_dir (an organization's runtime reads views of
+    them, which are never written through)."""
+    settings = rt.parent.settings if rt.parent is not None else rt.settings
+    return settings.config_dir, settings.templates_dir
+
+
+def _own_root(rt: Runtime) -> Path | None:
+    """The organization's folder, ``config/orgs/<slug>/`` (None: its slug cannot name one)."""
+    slug = rt.settings.organization
+    if not organizations.valid_slug(slug):
+        return None
+    return organizations.org_folder(rt.settings, slug)
+
+
+def _target(rt: Runtime, subfolder: str) -> Target:
+    """Where a save of ``subfolder`` (``cadences``, ``pips``, ``templates/email/<name>``)
+    goes: the organization's own when it has it, or when the deployment serves several
+    organizations; else the shared one."""
+    root = _own_root(rt)
+    top = subfolder.split("/")[0]
+    if root is not None and (root / top).is_dir():
+        return Target(root / subfolder, f"{organizations.ORGS_FOLDER}/{root.name}")
+    if not _serves_many(rt):
+        config_dir, templates_dir = _shared(rt)
+        if top == organizations.TEMPLATES_FOLDER:
+            return Target(templates_dir.joinpath(*subfolder.split("/")[1:]))
+        return Target(config_dir / subfolder)
+    if root is None:
+        raise ConsoleError(
+            f"This organization's slug ({rt.settings.organization!r}) cannot name a folder, so "
+            "its own configuration cannot be saved: the shared files are every organization's."
+        )
+    return Target(root / subfolder, f"{organizations.ORGS_FOLDER}/{root.name}")
+
+
+def _copy_on_write(shared: Path, own: Path) -> bool:
+    """Make ``own`` a copy of the shared folder's files (as a whole, by a rename), unless it
+    exists: the organization's folder replaces the shared one, so it starts with everything
+    the organization had. True when it was copied."""
+    if own.is_dir():
+        return False
+    own.parent.mkdir(parents=True, exist_ok=True)
+    temporary = own.with_name(f".{own.name}.{secrets.token_hex(6)}.copy")
+    if shared.is_dir():
+        shutil.copytree(shared, temporary, ignore=shutil.ignore_patterns(".*"))
+    else:
+        temporary.mkdir()
+    try:
+        os.rename(temporary, own)
+    except OSError:  # another save made it meanwhile
+        shutil.rmtree(temporary, ignore_errors=True)
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- cadences, PIPs
@@ -348,22 +443,31 @@ def _apply_cadences(rt: Runtime, organization_id: int) -> bool:
 
 
 def _save(rt: Runtime, who: Viewer, kind: Kind, path: Path, text: str, old: str | None) -> str:
-    """Write the checked text and audit it, then apply a cadence; returns the notice to show.
-    The reload has its own transaction: a clash with a plan storing cadences at that moment
-    must not undo the audit entry of a file already written."""
+    """Write the checked text where the organization's saves go (:func:`_target`) and audit
+    it, then apply a cadence; returns the notice to show. The reload has its own transaction:
+    a clash with a plan storing cadences at that moment must not undo the audit entry of a
+    file already written."""
+    target = _target(rt, kind.folder)
+    data: dict[str, Any] = {
+        "file": f"{kind.folder}/{path.name}",
+        "old_sha256": text_sha256(old) if old is not None else None,
+        "new_sha256": text_sha256(text),
+    }
     with transaction(rt.factory) as session:
         # The file is replaced inside the transaction, just before it commits: a failed write
         # leaves no audit entry, and the entry cannot name a write that did not happen.
-        write_text_atomically(path, text)
+        if target.own is not None:
+            data["folder"] = target.own
+            if _copy_on_write(_shared(rt)[0] / kind.folder, target.folder):
+                data["copied_shared_folder"] = True
+        write_text_atomically(target.folder / path.name, text)
         audit.record(
             session, who.organization_id, actor=who.actor, action=kind.action,
-            subject_kind="config_file", subject_id=None, at=rt.now(),
-            data={
-                "file": f"{kind.folder}/{path.name}",
-                "old_sha256": text_sha256(old) if old is not None else None,
-                "new_sha256": text_sha256(text),
-            },
+            subject_kind="config_file", subject_id=None, at=rt.now(), data=data,
         )  # fmt: skip
+    # The organization's runtime as the files are now (a first file of its own changes the
+    # folders it reads).
+    rt = rt.reloaded()
     if kind.slug == "cadences" and not _apply_cadences(rt, who.organization_id):
         return "cadence-saved-not-applied"
     return kind.notice
@@ -617,23 +721,29 @@ def template_action(
             return RedirectResponse(
                 f"/console/templates/{name}?notice=nothing-changed", status_code=303
             )
-        folder = rt.settings.templates_dir / "email" / name
+        shown_folder = rt.settings.templates_dir / "email" / name  # the effective files
         hashes = {
             f"email/{name}/{part}": {
-                "old_sha256": text_sha256(saved[part]) if (folder / part).exists() else None,
+                "old_sha256": text_sha256(saved[part]) if (shown_folder / part).exists()
+                else None,
                 "new_sha256": text_sha256(text),
             }
             for part, text in changed.items()
-        }
+        }  # fmt: skip
+        # File by file: the organization's files come first, the rest stays shared.
+        target = _target(rt, f"{organizations.TEMPLATES_FOLDER}/email/{name}")
+        data: dict[str, Any] = {"template": name, "files": hashes}
+        if target.own is not None:
+            data["folder"] = target.own
         with transaction(rt.factory) as session:
             # Each file is replaced atomically, and they are written together just before the
             # audit entry commits (a send in between may pair a new subject with an old body).
+            target.folder.mkdir(parents=True, exist_ok=True)
             for part, text in changed.items():
-                write_text_atomically(folder / part, text)
+                write_text_atomically(target.folder / part, text)
             audit.record(
                 session, who.organization_id, actor=who.actor, action="template.saved",
-                subject_kind="email_template", subject_id=None, at=rt.now(),
-                data={"template": name, "files": hashes},
+                subject_kind="email_template", subject_id=None, at=rt.now(), data=data,
             )  # fmt: skip
     return RedirectResponse(f"/console/templates/{name}?notice=template-saved", status_code=303)
 
