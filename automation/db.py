@@ -16,7 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, event, or_, select, text, update
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -173,6 +183,77 @@ def due_task_ids(session: Session, now: dt.datetime, limit: int = 500) -> list[i
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return list(session.scalars(query))
+
+
+def due_tasks_fairly(session: Session, now: dt.datetime, limit: int = 500) -> list[tuple[int, int]]:
+    """``(task id, organization id)`` of up to ``limit`` due tasks, shared between the
+    organizations round-robin: every organization's oldest due task, then every one's second
+    oldest, and so on (ties by due time). The tick's pick.
+
+    Why round-robin and not oldest first: one organization's burst (a 5,000-person import, a
+    backlog after an outage) is older than the work other organizations make due afterwards,
+    so "oldest first" handed the whole limit to the burst, tick after tick, and the others
+    waited until it was done. Round-robin gives each organization an equal share of the limit
+    (what one does not use goes to the others), and the order is the order the tick sends
+    in, so the others' tasks are near the front of the queue too.
+
+    When no more than ``limit`` tasks are due (the usual case) the indexed "oldest first"
+    query has them all and they are only reordered here. Only a backlog (``limit`` rows came
+    back) costs the ranking query, which numbers each organization's due tasks (a window
+    function over the due rows: its cost follows the backlog, not the table). PostgreSQL does
+    not allow FOR UPDATE with a window function, so there the ranked rows are then locked with
+    SKIP LOCKED (and checked to be still due) in a second statement: ticks on several machines
+    still pick disjoint sets.
+    """
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    due = _due(now)
+    oldest = select(Task.id, Task.organization_id, Task.due_at).where(due).order_by(Task.due_at)
+    if postgresql:
+        oldest = oldest.with_for_update(skip_locked=True)
+    rows = [tuple(row) for row in session.execute(oldest.limit(limit))]
+    if len(rows) >= limit:
+        place = (
+            func.row_number()
+            .over(partition_by=Task.organization_id, order_by=(Task.due_at, Task.id))
+            .label("place")
+        )
+        ranked = select(Task.id, Task.organization_id, Task.due_at, place).where(due).subquery()
+        shared = (
+            select(ranked.c.id, ranked.c.organization_id, ranked.c.due_at)
+            .where(ranked.c.place <= limit)  # nobody can get more than the whole limit
+            .order_by(ranked.c.place, ranked.c.due_at, ranked.c.id)
+            .limit(limit)
+        )
+        rows = [tuple(row) for row in session.execute(shared)]
+        if postgresql and rows:
+            locked = set(
+                session.scalars(
+                    select(Task.id)
+                    .where(Task.id.in_([task_id for task_id, _, _ in rows]), due)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            rows = [row for row in rows if row[0] in locked]
+    return [(task_id, organization_id) for task_id, organization_id, _ in _round_robin(rows)]
+
+
+def _due(now: dt.datetime) -> Any:
+    """Pending and due, or leased with the lease run out (a worker died)."""
+    return or_(
+        (Task.state == TaskState.PENDING) & (Task.due_at <= now),
+        (Task.state == TaskState.LEASED) & (Task.lease_until < now),
+    )
+
+
+def _round_robin(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``(id, organization id, due_at)`` rows in the round-robin order: by each row's place in
+    its organization's queue (oldest first), then by due time."""
+    places: dict[int, int] = {}
+    ranked = []
+    for row in sorted(rows, key=lambda row: (row[2], row[0])):
+        places[row[1]] = places.get(row[1], 0) + 1
+        ranked.append((places[row[1]], row[2], row[0], row))
+    return [row for *_, row in sorted(ranked, key=lambda item: item[:3])]
 
 
 def claim_task(session: Session, task_id: int, now: dt.datetime, lease_seconds: int) -> Task | None:

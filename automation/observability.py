@@ -14,6 +14,13 @@ so a test or an embedding application sees only these series. Two kinds:
   queries N times. Each is one ``COUNT ... GROUP BY`` that leaves out the ``done`` rows, served
   by the ``(state, due_at)`` index, under a 2 s statement timeout on PostgreSQL.
 
+Per organization (fair sharing, ``workers/broker.py``): jobs by outcome and tasks held back
+at the cap of waiting messages (process counters), tasks due (a database gauge) and tasks
+waiting in the queue (read from the runtime's enqueue, which keeps that count). The label is
+the organization's slug: a handful of values, not one per person or task. Counters know
+only an organization's id where they count, so :data:`ORGANIZATIONS` keeps the slugs of
+each database this process works on (:class:`OrganizationLabels`).
+
 Logs: one line per job run on the ``automation.jobs`` logger, with its ids and outcome and,
 for a failure, the exception type and a first-line message scrubbed of secrets
 (:func:`scrub`). ``log_format = "json"`` (:func:`configure_logging`) turns every log line into
@@ -35,8 +42,10 @@ import re
 import socket
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from socketserver import ThreadingMixIn
@@ -122,9 +131,96 @@ class Metrics:
             ["provider"],
             registry=registry,
         )
+        self.organization_jobs = Counter(
+            "automation_organization_jobs",
+            "Task runs by organization (slug) and outcome; runs of a task this process did "
+            "not claim are not attributed.",
+            ["organization", "outcome"],
+            registry=registry,
+        )
+        self.organization_held_back = Counter(
+            "automation_organization_tasks_held_back",
+            "Tasks not sent because their organization had max_queued_per_organization "
+            "waiting in the queue: they stay due and a later tick admits them.",
+            ["organization"],
+            registry=registry,
+        )
 
 
 METRICS = Metrics(REGISTRY)
+
+
+# --------------------------------------------------------------------------- organizations
+
+
+class OrganizationLabels:
+    """The slug of each organization, by database, for metric labels.
+
+    Where a job or a held-back task is counted only the organization's id is at hand, and a
+    query per count would cost more than the count. So the slugs are read once, all of them
+    (a small table), from the database of a session factory registered with :meth:`watch`
+    (the tick, the workers' enqueue and the metrics scrape register theirs), and read again
+    when an id shows up that is not known yet (a new organization), at most every
+    ``RELOAD_SECONDS``. Keyed by database URL because a process can work on several (the
+    tests do, with the same ids). Without a registered factory, the label is the id as text.
+    """
+
+    RELOAD_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slugs: dict[str, dict[int, str]] = {}
+        self._factories: dict[str, weakref.ref[Any]] = {}
+        self._loaded_at: dict[str, float] = {}
+
+    def watch(self, database: str, factory: Any) -> None:
+        """Read slugs of ``database`` through ``factory`` (a system-scope session factory),
+        held weakly: a runtime that is gone does not stay alive for its labels."""
+        with self._lock:
+            known = self._factories.get(database)
+            if known is None or known() is not factory:
+                self._factories[database] = weakref.ref(factory)
+
+    def remember(self, database: str, slugs: Mapping[int, str]) -> None:
+        with self._lock:
+            self._slugs.setdefault(database, {}).update(slugs)
+
+    def label(self, database: str, organization_id: int) -> str:
+        with self._lock:
+            slug = self._slugs.get(database, {}).get(organization_id)
+            if slug is not None:
+                return slug
+            reference = self._factories.get(database)
+            factory = reference() if reference is not None else None
+            recent = time.monotonic() - self._loaded_at.get(database, -1e9) < self.RELOAD_SECONDS
+            if factory is None or recent:
+                return str(organization_id)
+            self._loaded_at[database] = time.monotonic()
+        try:
+            self.remember(database, load_organization_slugs(factory))
+        except Exception as exc:  # noqa: BLE001 - a label is not worth failing a job for
+            log.warning("metrics: organization names not read (%s)", describe_failure(exc))
+        with self._lock:
+            return self._slugs.get(database, {}).get(organization_id, str(organization_id))
+
+
+def load_organization_slugs(factory: Any) -> dict[int, str]:
+    from sqlalchemy import select
+
+    from automation.models import Organization
+
+    with factory() as session:
+        return {
+            id_: slug for id_, slug in session.execute(select(Organization.id, Organization.slug))
+        }
+
+
+ORGANIZATIONS = OrganizationLabels()
+
+
+def task_held_back(database: str, organization_id: int) -> None:
+    """Count a task not sent because its organization is at its cap of waiting messages."""
+    METRICS.organization_held_back.labels(ORGANIZATIONS.label(database, organization_id)).inc()
 
 
 # --------------------------------------------------------------------------- provider calls
@@ -258,6 +354,10 @@ def job_finished(
     short texts of our own (a deferral's reason and time), scrubbed all the same."""
     label = kind or "unknown"
     METRICS.jobs.labels(label, outcome).inc()
+    if organization_id is not None:
+        database = str(getattr(settings, "database", "") or "")
+        organization = ORGANIZATIONS.label(database, organization_id)
+        METRICS.organization_jobs.labels(organization, outcome).inc()
     if outcome != "not-claimed":
         METRICS.job_duration.labels(label).observe(seconds)
         if attempt is not None and attempt > 1:
@@ -385,12 +485,16 @@ class DatabaseCollector:
     def _query(self) -> list[Metric]:
         from sqlalchemy import func, or_, select, text
 
-        from automation.models import NOT_RECORDED, InboundMessage, Task, TaskState
+        from automation.models import NOT_RECORDED, InboundMessage, Organization, Task, TaskState
         from automation.services.tasks import HANDLERS
 
         rt = self.runtime()
         now = rt.now()
         states = (TaskState.PENDING, TaskState.LEASED, TaskState.FAILED)
+        is_due = or_(
+            (Task.state == TaskState.PENDING) & (Task.due_at <= now),
+            (Task.state == TaskState.LEASED) & (Task.lease_until < now),
+        )
         with rt.factory() as session, session.begin():
             if session.get_bind().dialect.name == "postgresql":
                 session.execute(text(f"SET LOCAL statement_timeout = {self.STATEMENT_TIMEOUT_MS}"))
@@ -400,15 +504,16 @@ class DatabaseCollector:
                 .group_by(Task.state, Task.kind)
             ).all()
             due = session.execute(
-                select(Task.kind, func.count())
-                .where(
-                    or_(
-                        (Task.state == TaskState.PENDING) & (Task.due_at <= now),
-                        (Task.state == TaskState.LEASED) & (Task.lease_until < now),
-                    )
-                )
-                .group_by(Task.kind)
+                select(Task.kind, func.count()).where(is_due).group_by(Task.kind)
             ).all()
+            due_by_organization = dict(
+                session.execute(
+                    select(Task.organization_id, func.count())
+                    .where(is_due)
+                    .group_by(Task.organization_id)
+                ).all()
+            )
+            slugs = dict(session.execute(select(Organization.id, Organization.slug)).all())
             oldest = session.scalar(
                 select(func.min(Task.due_at)).where(
                     Task.state == TaskState.PENDING, Task.due_at <= now
@@ -453,7 +558,45 @@ class DatabaseCollector:
         kept_counts = {str(s): n for s, n in kept}
         for state in NOT_RECORDED:
             kept_family.add_metric([str(state)], kept_counts.get(str(state), 0))
-        return [tasks, due_family, oldest_family, kept_family]
+
+        database = str(rt.settings.database)
+        ORGANIZATIONS.watch(database, rt.factory)
+        ORGANIZATIONS.remember(database, slugs)
+        due_organizations = GaugeMetricFamily(
+            "automation_organization_tasks_due",
+            "Tasks due now (as automation_tasks_due) by organization (slug).",
+            labels=["organization"],
+        )
+        for organization_id, slug in sorted(slugs.items(), key=lambda item: item[1]):
+            due_organizations.add_metric([slug], due_by_organization.get(organization_id, 0))
+        families = [tasks, due_family, oldest_family, kept_family, due_organizations]
+        queued = self._queued(rt, slugs)
+        return families if queued is None else [*families, queued]
+
+    @staticmethod
+    def _queued(rt: Any, slugs: dict[int, str]) -> Metric | None:
+        """Messages waiting in the broker's queue by organization, as the runtime's enqueue
+        counts them (``workers/broker.py``); None when it keeps no count (no broker in this
+        process) or the count cannot be read (then the database gauges are served alone)."""
+        count = getattr(rt.enqueue, "waiting_by_organization", None)
+        if count is None:
+            return None
+        try:
+            waiting = count(list(slugs))
+        except Exception as exc:  # noqa: BLE001 - the broker's trouble, not the scrape's
+            log.warning("metrics: queue counts unavailable (%s)", describe_failure(exc))
+            return None
+        if waiting is None:  # a count that says nothing about the queue (RabbitMQ)
+            return None
+        family = GaugeMetricFamily(
+            "automation_organization_tasks_queued",
+            "Tasks waiting in the broker's queue for a worker, by organization (slug): at "
+            "most max_queued_per_organization each. Redis and the in-process broker only.",
+            labels=["organization"],
+        )
+        for organization_id, slug in sorted(slugs.items(), key=lambda item: item[1]):
+            family.add_metric([slug], waiting.get(organization_id, 0))
+        return family
 
 
 class Scrape:

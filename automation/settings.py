@@ -52,6 +52,9 @@ class Settings:
     lease_seconds: int = 300
     tick_seconds: int = 30
     max_attempts: int = 8
+    # Fair sharing (workers/broker.py): messages one organization may have waiting in the
+    # broker's queue; more stay due in the database and the tick admits them in turn.
+    max_queued_per_organization: int = 200
     # Observability (docs/observability.md).
     log_format: str = "text"  # text | json: one JSON object per line (job ids, outcome; scrubbed)
     # Empty: /metrics answers loopback clients only; set: a Bearer token is required.

@@ -6,7 +6,7 @@ import dramatiq
 
 from automation import observability, runtime
 from automation.services import tasks
-from workers.broker import QUEUE, EnqueueOnce, broker  # (must come before the actors)
+from workers.broker import QUEUE, EnqueueOnce, make_enqueue  # (must come before the actors)
 
 
 @dramatiq.actor(
@@ -28,20 +28,11 @@ def run_task(task_id: int) -> None:
 
 def attach(rt: runtime.Runtime) -> runtime.Runtime:
     """Make tasks created while running reach the broker straight away, and apply the
-    runtime's ``log_format`` (``json``: one JSON object per log line). On Redis, a task
-    already waiting in the queue is not sent again (:class:`EnqueueOnce`)."""
-    from dramatiq.brokers.redis import RedisBroker
-
-    if isinstance(broker, RedisBroker):
-        rt.enqueue = EnqueueOnce(
-            broker.client,
-            rt.settings.database,
-            rt.settings.lease_seconds,
-            run_task.send,
-            namespace=broker.namespace,
-        )
-    else:
-        rt.enqueue = run_task.send
+    runtime's ``log_format`` (``json``: one JSON object per log line). A task already
+    waiting in the queue is not sent again, and each organization's waiting tasks are capped
+    at ``max_queued_per_organization`` so one organization's burst cannot fill the queue
+    ahead of the others (:func:`workers.broker.make_enqueue`)."""
+    rt.enqueue = make_enqueue(rt, run_task.send)
     observability.configure_logging(rt.settings)
     return rt
 
