@@ -349,6 +349,11 @@ from bench import scale as _scale  # noqa: E402
 
 _scale.register(benchmark, Result)
 
+# tenants.isolation_overhead: the loop's throughput with 50 organizations vs one of the same size.
+from bench import tenants as _tenants  # noqa: E402
+
+_tenants.register(benchmark, Result)
+
 # agenda.build_per_s: next week's agendas on PostgreSQL vs the bare queries of the same rows.
 from bench import agenda as _agenda  # noqa: E402
 

@@ -386,13 +386,20 @@ class World:
         self.monitor_engine: Any = None
         self._backends: dict[int, str] = {}
         self.worker_command = [sys.executable, "-m", "automation.cli"]
+        # Organizations in the world: verify expects one plan and one retention task of each.
+        self.organizations = 1
+        # The PostgreSQL role the service runs as (None: the URL's own, a superuser here, which
+        # row-level security never binds). bench/tenants.py runs as an ordinary role.
+        self.db_role: str | None = None
 
     def url(self, role: str) -> str:
-        return with_params(
-            POSTGRES_URL,
-            options=f"-csearch_path={self.schema}",
-            application_name=f"{self.app}_{role}",
-        )
+        """This world's connection URL for one of its parts (workers, tick, bench, monitor).
+        With ``db_role`` the service's parts switch to that role on connecting; the monitor
+        keeps the login role, which sees every backend's wait events."""
+        options = f"-csearch_path={self.schema}"
+        if self.db_role is not None and role != "monitor":
+            options += f" -crole={self.db_role}"
+        return with_params(POSTGRES_URL, options=options, application_name=f"{self.app}_{role}")
 
     def backends(self) -> dict[int, str]:
         """PostgreSQL backend pid -> role (workers, tick, bench) of this world's connections."""
@@ -415,15 +422,25 @@ class World:
         import redis
         from sqlalchemy import create_engine, text
 
-        from automation.db import transaction
-        from automation.people import import_people_file
         from automation.runtime import build_runtime
-        from automation.services.loop import bootstrap
         from automation.settings import PROJECT_ROOT, Settings
 
         admin = create_engine(POSTGRES_URL)
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
+            if self.db_role is not None:
+                # An ordinary role (no superuser, no BYPASSRLS) owning the tables it creates:
+                # FORCE ROW LEVEL SECURITY binds it, as it binds a production deployment's.
+                conn.execute(
+                    text(
+                        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                        f"'{self.db_role}') THEN CREATE ROLE {self.db_role} NOLOGIN NOSUPERUSER "
+                        "NOBYPASSRLS; END IF; END $$"
+                    )
+                )
+                conn.execute(
+                    text(f'GRANT USAGE, CREATE ON SCHEMA "{self.schema}" TO {self.db_role}')
+                )
         admin.dispose()
         self.monitor_engine = create_engine(self.url("monitor"), pool_size=2)
         self.redis = redis.Redis.from_url(BROKER_URL)
@@ -442,11 +459,7 @@ class World:
             lease_seconds=LEASE_SECONDS,
         )
         self.rt = rt = build_runtime(settings)
-        self.org = bootstrap(rt)
-        csv = self.folder / "people.csv"
-        csv.write_text(people_csv(self.people))
-        with transaction(rt.factory) as session:
-            import_people_file(session, self.org, csv, rt.now())
+        self.populate()
         # Planning and the retention sweep wait for phase (a).
         self._sql(
             "UPDATE tasks SET due_at = :later WHERE state = 'pending'",
@@ -470,6 +483,20 @@ class World:
         )
         self.env = base
         self.start_processes()
+
+    def populate(self) -> None:
+        """Migrate the schema, create the organization (with its plan and retention tasks)
+        and import its people. bench/tenants.py makes several organizations here."""
+        from automation.db import transaction
+        from automation.people import import_people_file
+        from automation.services.loop import bootstrap
+
+        rt = self.rt
+        self.org = bootstrap(rt)
+        csv = self.folder / "people.csv"
+        csv.write_text(people_csv(self.people))
+        with transaction(rt.factory) as session:
+            import_people_file(session, self.org, csv, rt.now())
 
     def clear_queue(self) -> None:
         """Delete this world's keys (queue, acks, heartbeats, markers): other runs of this
@@ -768,8 +795,8 @@ class World:
                 ).all()
             )
             expected = {
-                "plan": 1,
-                "retention": 1,
+                "plan": self.organizations,
+                "retention": self.organizations,
                 "invite": series_n,
                 "agenda": series_n,
                 "followup": series_n,
@@ -876,8 +903,16 @@ def _db(moment: dt.datetime) -> dt.datetime:
     return moment.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def run_world(folder: Path, people: int, processes: int, threads: int) -> WorldResult:
-    world = World(folder, people, processes, threads)
+def run_world(
+    folder: Path,
+    people: int,
+    processes: int,
+    threads: int,
+    make_world: Callable[[Path, int, int, int], World] | None = None,
+) -> WorldResult:
+    """One world's three phases, then its count. ``make_world`` builds the world (default
+    :class:`World`; bench/tenants.py passes one of several organizations)."""
+    world = (make_world or World)(folder, people, processes, threads)
     result = WorldResult(processes, threads, people, 0)
     # Generous: the 1-process world at full size takes a few minutes per phase.
     timeout = max(120.0, people * 0.6)

@@ -196,3 +196,42 @@ def test_bench_replies_goal_rule(monkeypatch):
     tie = goal(9, 9)
     assert tie.value == 0 and "not above peer" in tie.note
     assert goal(9, 10).value == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_bench_tenants_isolation_overhead_row(monkeypatch):
+    """bench/tenants.py runs its three worlds (one organization and 50 as an ordinary role, one
+    as a superuser) on PostgreSQL and Redis and prints two rows (isolation_overhead,
+    rls_overhead): every throughput measured, everything exactly once in every world. How the
+    ratios compare with their goal is the benchmark's to say, not this test's."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from urllib.parse import urlparse
+
+    from sqlalchemy.engine import make_url
+
+    from bench.scale import BROKER_URL, POSTGRES_URL
+    from tests.conftest import require_service
+
+    pg, broker = make_url(POSTGRES_URL), urlparse(BROKER_URL)
+    require_service("PostgreSQL", pg.host or "localhost", pg.port or 5432)
+    require_service("Redis", broker.hostname or "localhost", broker.port or 6379)
+    out = subprocess.run(
+        [sys.executable, "bench/run.py", "--json", "--scale", "0.01", "--only", "tenants"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr.decode(errors="replace")[-3000:]
+    row, rls = json.loads(out.stdout)
+    assert (row["name"], rls["name"]) == ("tenants.isolation_overhead", "tenants.rls_overhead")
+    for r in (row, rls):
+        assert r["unit"] == "tasks/s"
+        assert r["value"] > 0 and r["baseline"] > 0, r
+        assert abs(r["ratio"] - r["value"] / r["baseline"]) < 1e-9, r
+        assert "exactly once: yes" in r["note"] and "PROBLEMS" not in r["note"], r["note"]
+        for phase in ("plan", "agendas", "replies"):
+            assert f"{phase} " in r["note"], r["note"]
+    assert "50 organizations of 2 people vs one of 100" in row["note"], row["note"]
+    # The value of rls_overhead is the baseline of isolation_overhead: the same world.
+    assert rls["value"] == row["baseline"], (rls, row)
