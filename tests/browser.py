@@ -233,20 +233,45 @@ class Browser:
         self.driver.get(self.served.url + path)
         self._loaded()
 
-    def click(self, target: str | Any) -> None:
-        """Click the element (a CSS selector or an element found before) and wait until the
-        browser has loaded the page it leads to."""
+    def click(self, target: str | Callable[[], Any] | Any) -> None:
+        """Click the element and wait until the browser has loaded the page it leads to.
+
+        ``target`` is a CSS selector, a function that finds the element, or an element found
+        before. With a selector or a function the element is found again if the page
+        replaced it between finding and clicking ("stale", or "Node does not belong to the
+        document" under load: the previous navigation's document was still being swapped)."""
+        from selenium.common.exceptions import (
+            StaleElementReferenceException,
+            WebDriverException,
+        )
         from selenium.webdriver.support import expected_conditions as ec
 
-        page = self.driver.find_element("tag name", "html")
-        element = self.find(target) if isinstance(target, str) else target
-        element.click()
+        locate: Callable[[], Any] | None = (
+            (lambda: self.find(target))
+            if isinstance(target, str)
+            else target
+            if callable(target) and not hasattr(target, "click")
+            else None
+        )
+        for attempt in range(3):
+            page = self.driver.find_element("tag name", "html")
+            element = locate() if locate is not None else target
+            try:
+                element.click()
+                break
+            except WebDriverException as exc:
+                stale = isinstance(exc, StaleElementReferenceException) or (
+                    "does not belong to the document" in str(exc)
+                )
+                if locate is None or not stale or attempt == 2:
+                    raise
+                self._loaded()
         self.wait(ec.staleness_of(page), f"no new page after clicking {target}")
         self._loaded()
 
     def follow(self, link_text: str) -> None:
         """Click the link that reads ``link_text``, as a person would."""
-        self.click(self.driver.find_element("link text", link_text))
+        self.click(lambda: self.driver.find_element("link text", link_text))
 
     def type(self, css: str, text: str, *, clear: bool = True) -> None:
         element = self.find(css)
