@@ -7,10 +7,11 @@ One deployment serves many organizations. What belongs to one of them lives in t
 
   - ``settings.toml`` with the settings an organization may choose for itself
     (:data:`ORGANIZATION_FIELDS`: its providers and their non-secret ids, its mail addresses,
-    name, time zone, business days and holidays). Settings of the deployment (database,
-    broker, data folder, signing key, worker timing, public address, metrics, console
-    sign-in) are refused there, naming the file, the field and the fix; values are checked by
-    the very function that checks the main settings file, so a bad value reads the same.
+    name, time zone, business days and holidays, a client's console sign-in providers).
+    Settings of the deployment (database, broker, data folder, signing key, worker timing,
+    public address, metrics, the deployment's own console sign-in) are refused there, naming
+    the file, the field and the fix; values are checked by the very function that checks the
+    main settings file, so a bad value reads the same.
   - optional ``cadences/``, ``pips/``, ``roles/``, ``example/``, ``privacy.toml`` (its
     retention), ``delegates.toml``, ``coaching.toml``: each *replaces* the shared one of the
     same name for this organization; what it does not have it shares.
@@ -69,8 +70,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from automation import audit
+from automation.db import dialect_insert
 from automation.errors import AutomationError, ConfigError, ConfigProblem
-from automation.models import Organization, OrganizationSecret
+from automation.models import Organization, OrganizationSecret, Task, TaskState
 from automation.settings import _FIELDS, Settings, _convert  # the main file's own checks
 
 ORGS_FOLDER = "orgs"  # under the deployment's config_dir, and under its data_dir (the views)
@@ -81,6 +83,17 @@ SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 # In a view of the configuration: a link to the shared config_dir (see org_folder).
 _SHARED_LINK = ".shared"
 
+# A client organization's own OpenID Connect providers for the console (its people sign in at
+# /console/sign-in?org=<slug>); their client secrets are its secrets (ORGANIZATION_SECRETS).
+# The deployment's own organization signs in with the deployment's (refused in its file).
+OIDC_FIELDS = (
+    "oidc_google_client_id",
+    "oidc_google_hosted_domain",
+    "oidc_google_discovery_url",
+    "oidc_microsoft_client_id",
+    "oidc_microsoft_tenant",
+    "oidc_microsoft_discovery_url",
+)
 # What an organization may set in its own settings.toml. Everything else in Settings belongs
 # to the deployment (or is a secret, below); a Settings field added later is the deployment's
 # until it is listed here, which is the safe default.
@@ -133,6 +146,7 @@ ORGANIZATION_FIELDS = frozenset(
         "gmail_user",
         "gmail_pubsub_topic",
         "graph_mailbox",
+        *OIDC_FIELDS,
     }
 )
 # The secrets an organization stores (`automation org secret set`), each named after the
@@ -144,6 +158,8 @@ ORGANIZATION_SECRETS = (
     "google_credentials_file",
     "graph_client_secret",
     "imap_password",
+    "oidc_google_client_secret",
+    "oidc_microsoft_client_secret",
     "smtp_password",
 )
 GOOGLE_KEY_SECRET = "google_credentials_file"
@@ -271,6 +287,30 @@ def read_organization_settings(base: Settings, slug: str) -> dict[str, Any]:
                 values[key] = _convert(key, raw, origin)
             except ConfigError as exc:
                 problems.extend(exc.problems)
+    if slug == base.organization:
+        # The deployment's own organization signs in with the deployment's providers.
+        problems.extend(
+            ConfigProblem(
+                origin,
+                key,
+                "the deployment's own organization signs in with the deployment's providers",
+                "set it in the deployment's settings "
+                f"({base.source if base.source != '(defaults)' else 'settings.toml'}) and "
+                "remove the line from this file",
+            )
+            for key in OIDC_FIELDS
+            if key in values
+        )
+    elif values.get("oidc_microsoft_client_id") and not values.get("oidc_microsoft_tenant"):
+        problems.append(
+            ConfigProblem(
+                origin,
+                "oidc_microsoft_tenant",
+                "required when oidc_microsoft_client_id is set",
+                "set it to the directory (tenant) id shown on the app registration's "
+                "Overview page in the Entra admin center",
+            )
+        )
     if problems:
         raise ConfigError(problems)
     return values
@@ -311,6 +351,11 @@ def tenant_settings(
             filled[secret] = str(_write_google_key(base, slug, value))
         else:
             filled[secret] = value
+    if not own:
+        # A client signs in with its own OpenID Connect providers or none, never the
+        # deployment's (the deployment's own organization keeps the deployment's).
+        for oidc_field in OIDC_FIELDS:
+            values.setdefault(oidc_field, _FIELDS[oidc_field].default)
     if "organization_name" not in values and not own:
         values["organization_name"] = name or slug
     elif "organization_name" not in values and name:
@@ -910,12 +955,57 @@ organization_name = {quoted}
 """
 
 
+# The daily tasks of every organization: each run schedules the next day's (planning's
+# run_planning, privacy's run_retention), so an organization only ever needs its first.
+DAILY_TASKS = ("plan", "retention")
+
+
+def start_daily_tasks(
+    session: Session, organization_ids: Collection[int], now: dt.datetime
+) -> None:
+    """Schedule the first ``plan`` and ``retention`` tasks of each organization, due now.
+
+    Keyed ``plan:<date>`` and ``retention:<date>`` (UTC), the keys the daily tasks give
+    their successors, so an organization whose chain already runs gets nothing new: today's
+    key is then taken (by yesterday's run), and the INSERT ... ON CONFLICT DO NOTHING skips
+    it. Safe to call at any time and from any process: it is how a new organization gets
+    planned (:func:`create_organization`, :func:`automation.services.loop.bootstrap`) and how
+    the tick heals one that never got them. One statement for all of them."""
+    if not organization_ids:
+        return
+    today = now.date().isoformat()
+    rows = [
+        {
+            "organization_id": org,
+            "kind": kind,
+            "key": f"{kind}:{today}",
+            "subject_id": org,
+            "due_at": now,
+            "state": TaskState.PENDING,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for org in sorted(set(organization_ids))
+        for kind in DAILY_TASKS
+    ]
+    session.execute(
+        dialect_insert(session, Task)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["organization_id", "key"])
+    )
+
+
 def create_organization(
     session: Session, base: Settings, slug: str, name: str, now: dt.datetime, actor: str
 ) -> CreatedOrganization:
     """The organizations row (through :func:`automation.people.ensure_organization`) and its
     folder with a commented ``settings.toml``; an existing file is never overwritten. The
-    folder's creation is audited in the organization's log."""
+    folder's creation is audited in the organization's log.
+
+    Its first planning and retention are scheduled (:func:`start_daily_tasks`): the
+    service's tick runs them, and they repeat daily, so a client is planned without any
+    further command. People imported after today's plan ran are planned by tomorrow's."""
     from automation.people import ensure_organization
 
     folder = org_folder(base, slug)  # refuses a slug that cannot name a folder
@@ -923,6 +1013,7 @@ def create_organization(
         raise OrganizationRefused("--name is empty: the organization's name is shown in its emails")
     existed = session.scalars(select(Organization.id).where(Organization.slug == slug)).first()
     org = ensure_organization(session, slug, name.strip(), now)
+    start_daily_tasks(session, [org.id], now)
     settings_file = folder / SETTINGS_FILE
     folder_created = not settings_file.exists()
     if folder_created:

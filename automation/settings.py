@@ -114,12 +114,16 @@ class Settings:
     http_max_backoff_seconds: int = 60
     # Console sign-in with OpenID Connect: a provider is offered once its client id is set.
     # The client secret is never in this file: it is read from the environment variable named
-    # here (or from a file named by that variable with _FILE appended).
+    # here (or from a file named by that variable with _FILE appended). A client
+    # organization's own providers (its config/orgs/<slug>/settings.toml) take theirs from its
+    # stored secrets instead: oidc_<provider>_client_secret, filled by tenant_settings only.
     oidc_google_client_id: str = ""
+    oidc_google_client_secret: str = field(default="", repr=False)
     oidc_google_client_secret_env: str = "AUTOMATION_OIDC_GOOGLE_CLIENT_SECRET"
     oidc_google_hosted_domain: str = ""  # set: only accounts of this Workspace domain (hd)
     oidc_google_discovery_url: str = "https://accounts.google.com/.well-known/openid-configuration"
     oidc_microsoft_client_id: str = ""
+    oidc_microsoft_client_secret: str = field(default="", repr=False)
     oidc_microsoft_client_secret_env: str = "AUTOMATION_OIDC_MICROSOFT_CLIENT_SECRET"
     oidc_microsoft_tenant: str = ""  # the directory (tenant) id, or one of its verified domains
     oidc_microsoft_discovery_url: str = (
@@ -152,9 +156,14 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def oidc_client_secret(self, provider: str, environ: dict[str, str] | None = None) -> str:
-        """The OpenID Connect client secret of ``provider`` ("google", "microsoft") from the
-        environment variable its ``oidc_<provider>_client_secret_env`` names, or from the file
-        that variable with ``_FILE`` appended names; empty when neither is set."""
+        """The deployment's OpenID Connect client secret of ``provider`` ("google",
+        "microsoft") from the environment variable its ``oidc_<provider>_client_secret_env``
+        names, or from the file that variable with ``_FILE`` appended names; empty when
+        neither is set.
+
+        A client organization's secret is not this: it is its stored
+        ``oidc_<provider>_client_secret`` (:meth:`organization_oidc_client_secret`), and a
+        client never falls back to the environment (the deployment's)."""
         environ = os.environ if environ is None else environ
         var = getattr(self, f"oidc_{provider}_client_secret_env")
         if value := environ.get(var, "").strip():
@@ -165,6 +174,12 @@ class Settings:
             except OSError:
                 return ""
         return ""
+
+    def organization_oidc_client_secret(self, provider: str) -> str:
+        """A client organization's OpenID Connect client secret of ``provider``: the one it
+        stored (``automation org secret set SLUG oidc_<provider>_client_secret``), which
+        :func:`automation.organizations.tenant_settings` puts here; empty when it has none."""
+        return str(getattr(self, f"oidc_{provider}_client_secret"))
 
     def signing_key(self) -> bytes:
         """The key that signs reply addresses; created once under data_dir when unset."""
@@ -190,7 +205,13 @@ _SECRET_FIELDS = {
     "imap_password",
     "inbound_webhook_secret",
     "metrics_token",
+    "oidc_google_client_secret",
+    "oidc_microsoft_client_secret",
 }
+# Filled only from an organization's stored secrets (tenant_settings): never from a settings
+# file, and not from the environment, whose AUTOMATION_OIDC_<PROVIDER>_CLIENT_SECRET is the
+# deployment's secret, read through oidc_<provider>_client_secret_env as it always was.
+_ORGANIZATION_SECRET_ONLY = frozenset({"oidc_google_client_secret", "oidc_microsoft_client_secret"})
 MAIL_TRANSPORTS = ("maildir", "smtp", "gmail", "graph")
 OIDC_PROVIDERS = ("google", "microsoft")
 # Tenants that stand for "any organization": the console must accept only its own tenant.
@@ -413,7 +434,21 @@ def load_settings(
                         str(file),
                         key,
                         "unknown setting",
-                        "known settings: " + ", ".join(sorted(_FIELDS)),
+                        "known settings: "
+                        + ", ".join(sorted(set(_FIELDS) - _ORGANIZATION_SECRET_ONLY)),
+                    )
+                )
+                continue
+            if key in _ORGANIZATION_SECRET_ONLY:
+                variable = _FIELDS[key + "_env"].default
+                problems.append(
+                    ConfigProblem(
+                        str(file),
+                        key,
+                        "a client secret: it never goes in a settings file",
+                        f"remove the line and put the secret in the environment variable "
+                        f"{key}_env names ({variable} unless set), or in a file named by that "
+                        "variable with _FILE appended",
                     )
                 )
                 continue
@@ -432,6 +467,8 @@ def load_settings(
             )
         )
     for name in _FIELDS:
+        if name in _ORGANIZATION_SECRET_ONLY:
+            continue  # its variable is the deployment's secret (oidc_client_secret reads it)
         var = ENV_PREFIX + name.upper()
         raw = environ.get(var)
         origin = f"environment {var}"

@@ -27,6 +27,7 @@ from automation import observability
 from automation.db import due_task_ids, due_tasks_fairly, migrate, transaction
 from automation.errors import TransientProviderError
 from automation.models import Task, TaskState
+from automation.organizations import start_daily_tasks
 from automation.people import ensure_organization
 from automation.services import tasks
 from automation.services.loop import tick
@@ -77,6 +78,10 @@ def orgs(rt) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     with transaction(rt.factory) as session:
         alpha = ensure_organization(session, "alpha", "Alpha Corp", rt.now()).id
         beta = ensure_organization(session, "beta", "Beta GmbH", rt.now()).id
+        # Their daily planning and retention tasks, as the tick would start them, not due
+        # until tomorrow: the tests count only the tasks they make.
+        start_daily_tasks(session, [alpha, beta], rt.now())
+        session.execute(update(Task).values(due_at=rt.now() + dt.timedelta(days=1)))
     return alpha, beta
 
 

@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import secrets
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -524,19 +524,32 @@ def renew_channel(rt: Runtime, session: Session, task: Task) -> str:
     return f"renewed until {channel.expires_at.isoformat()}"
 
 
-def schedule_calendar_work(rt: Runtime) -> int:
+def schedule_calendar_work(rt: Runtime, skip_organizations: Collection[int] = ()) -> int:
     """From the tick: renew channels in the last quarter of their life, open missing ones,
     and poll every calendar every ``calendar_poll_minutes`` as a safety net for lost notices.
-    Task keys make a second tick in the same window create nothing."""
+    Task keys make a second tick in the same window create nothing.
+
+    With the deployment's runtime it covers the calendars of the runtime's provider of every
+    organization but ``skip_organizations``: those whose runtime has a calendar of its own
+    (:func:`automation.services.loop.take_in`), even of the same provider (say, their own
+    Graph tenant), whose calendars the tick schedules with their runtime; the deployment's
+    settings (its poll interval, its channel lifetime) are not theirs. With an
+    organization's runtime (:meth:`Runtime.tenant`) it covers that organization's
+    calendars only."""
     if rt.calendar.name in ("local", "imip"):
         return 0
     now = rt.now()
     poll = dt.timedelta(minutes=rt.settings.calendar_poll_minutes)
     created = 0
+    query = select(CalendarSync).where(CalendarSync.provider == rt.calendar.name)
+    if rt.organization_id is not None:
+        # Its session is scoped already (automation.tenancy); said here too, so the query
+        # is the organization's whatever session it runs in.
+        query = query.where(CalendarSync.organization_id == rt.organization_id)
+    elif skip_organizations:
+        query = query.where(CalendarSync.organization_id.not_in(sorted(set(skip_organizations))))
     with transaction(rt.factory) as session:
-        for sync in session.scalars(
-            select(CalendarSync).where(CalendarSync.provider == rt.calendar.name)
-        ):
+        for sync in session.scalars(query):
             if has_push(rt):
                 ttl = channel_ttl(rt)
                 expires = sync.channel_expires_at

@@ -268,7 +268,10 @@ def poll_inbox(rt: Runtime, limit: int = 100, pages: int = 10) -> int:
 def inbox_lock_name(rt: Runtime) -> str:
     """The inbox lock's name. An advisory lock is database-wide, so the name carries the
     database URL (with its schema) and the data directory: two deployments sharing one
-    PostgreSQL server in different schemas never wait for each other."""
+    PostgreSQL server in different schemas never wait for each other. It carries the
+    organization too: a client's own inbox, polled by the tick with the client's runtime
+    (:func:`automation.services.loop.take_in`), has a lock of its own, so one slow mailbox
+    never makes the others' polls skip."""
     return (
         f"poll_inbox:{rt.settings.database}:{rt.settings.data_dir}:"
         f"{rt.settings.organization}:{rt.inbox.name}"

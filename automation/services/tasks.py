@@ -204,8 +204,11 @@ def _run(rt: Runtime, task_id: int, run: _Run) -> tuple[str, list[Task]]:
     new_tasks: list[Task] = []
     # The handler works for the task's organization: its runtime and session are scoped to
     # it (automation.tenancy), so it cannot read or change another organization's rows.
-    tenant = rt.tenant(claimed.organization_id)
+    # Built inside the try: an organization whose configuration does not load (a bad
+    # settings.toml, a secret that no key decrypts) fails its own task, with the reason in
+    # last_error and a retry, and never the caller's loop over everyone's tasks.
     try:
+        tenant = rt.tenant(claimed.organization_id)
         with transaction(tenant.factory) as session:
             # The row as the claim returned it (nobody else changes a leased task): no SELECT.
             task = session.merge(claimed, load=False)
