@@ -76,9 +76,13 @@ def sign_in_response(
     status: int = 200,
     organization: str = "",
 ) -> Response:
+    # The OpenID Connect buttons: a client organization's own providers at ?org=<slug> (the
+    # buttons then carry its slug), else the deployment's (automation.console.oidc).
+    providers_of = getattr(request.app.state, "console_oidc_providers_of", None)
+    oidc_org, providers = providers_of(rt, organization) if providers_of else ("", [])
     response = render(
         request, "sign_in.html", None, status, csrf=csrf, next=safe_next(target),
-        message=message, providers=getattr(request.app.state, "console_oidc_providers", ()),
+        message=message, providers=providers, oidc_org=oidc_org,
         organization=organization if ORGANIZATION_SLUG.fullmatch(organization) else "",
     )  # fmt: skip
     response.set_cookie(
@@ -127,9 +131,10 @@ async def sign_in(request: Request, rt: Rt) -> Response:
     signed = await run_in_threadpool(attempt)
     if signed is None:
         message = str(accounts.SignInRefused())
-        return sign_in_response(
-            request, rt, expected, target, message, 401, fields.get("organization", "")
-        )
+        return await run_in_threadpool(
+            sign_in_response, request, rt, expected, target, message, 401,
+            fields.get("organization", ""),
+        )  # fmt: skip
     return start_session(rt, signed, target)
 
 

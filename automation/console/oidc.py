@@ -17,6 +17,18 @@ The flow cookie is HttpOnly, SameSite=Lax (the provider's redirect back is a top
 from another site, which Lax allows and Strict would not) and sent only to ``/console/oidc``.
 Every refusal answers with the same message; the reason is logged (never a code or a token)
 and audited when the account is known. The provider calls go through ``requests``.
+
+**Client organizations** (fractional HR). A client's people sign in at
+``/console/sign-in?org=<slug>``; with OpenID Connect, through the client's *own* providers
+(:class:`Realm`): the ``oidc_*`` of its ``config/orgs/<slug>/settings.toml`` and the client
+secrets it stored (``automation org secret set <slug> oidc_<provider>_client_secret``), never
+the deployment's. ``/console/oidc/<provider>/start?org=<slug>`` starts the client's flow and
+seals the slug into the flow cookie; the callback stays the one registered address and takes
+the organization from the sealed cookie only (never from its query), verifies the ID token
+against that client's configuration (its client id as the audience, its hosted domain or
+tenant) and signs in an account of that organization only, in its scope. A ``?org=`` that is
+not a slug, names no organization or names the deployment's own is the deployment's flow, as
+the password form treats it.
 """
 
 from __future__ import annotations
@@ -40,13 +52,24 @@ import jwt
 import requests
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
-from automation.console.access import organization_id, secure, sign_in_response, start_session
+from automation.console.access import (
+    ORGANIZATION_SLUG,
+    organization_id,
+    secure,
+    sign_in_response,
+    start_session,
+)
 from automation.console.base import HEADERS, NotFound, Rt, render, safe_next
 from automation.db import transaction
+from automation.errors import ConfigError
+from automation.models import Organization
 from automation.runtime import Runtime
 from automation.services import accounts
 from automation.settings import OIDC_PROVIDERS, Settings
+from automation.tenancy import scoped_factory
 
 log = logging.getLogger("automation.console")
 
@@ -130,7 +153,103 @@ class EnabledProviders(Sequence[Provider]):
 
 def install(app: FastAPI) -> None:
     app.state.console_oidc_providers = EnabledProviders(app)
+    app.state.console_oidc_providers_of = sign_in_providers
     app.state.console_oidc_directory = Directory()
+
+
+# --------------------------------------------------------------------------- whose sign-in
+
+
+@dataclass(frozen=True)
+class Realm:
+    """Whose sign-in a flow is, and the configuration it runs with.
+
+    The deployment's own organization (``slug`` empty): the deployment's settings, the
+    secrets from the environment, as before client organizations existed. A client
+    organization (``slug`` its slug): its own runtime's settings
+    (:func:`automation.organizations.tenant_settings`: only the ``oidc_*`` its folder sets,
+    the secrets it stored), sessions scoped to it, and never a fallback to the deployment's
+    providers or secrets. ``unavailable`` says why a client's configuration did not load (it
+    then offers no provider)."""
+
+    slug: str
+    organization_id: int | None
+    settings: Settings
+    factory: sessionmaker[Session]
+    unavailable: str = ""
+
+    @property
+    def is_client(self) -> bool:
+        return bool(self.slug)
+
+    def providers(self) -> list[Provider]:
+        return [] if self.unavailable else enabled_providers(self.settings)
+
+    def provider(self, name: str) -> Provider:
+        """The configured provider ``name``: 404 when this organization has not configured
+        it (a client's missing provider is never served by the deployment's)."""
+        for provider in self.providers():
+            if provider.name == name:
+                return provider
+        raise NotFound("That sign-in provider is not configured.")
+
+    def client_secret(self, provider: Provider) -> str:
+        if self.is_client:
+            return self.settings.organization_oidc_client_secret(provider.name)
+        return self.settings.oidc_client_secret(provider.name)
+
+    def missing_secret(self, provider: Provider) -> str:
+        """Why there is no client secret, and the fix (for the log)."""
+        if self.is_client:
+            return (
+                f"no client secret: organization {self.slug} has not stored "
+                f"oidc_{provider.name}_client_secret (`automation org secret set {self.slug} "
+                f"oidc_{provider.name}_client_secret`)"
+            )
+        variable = getattr(self.settings, f"oidc_{provider.name}_client_secret_env")
+        return f"no client secret: {variable} is not set"
+
+    def describe(self, provider_label: str) -> str:
+        """The provider as the log names it (with the client organization's slug)."""
+        return f"{provider_label} (organization {self.slug})" if self.is_client else provider_label
+
+
+def deployment_realm(rt: Runtime) -> Realm:
+    return Realm("", None, rt.settings, rt.factory)
+
+
+def client_realm(rt: Runtime, slug: str) -> Realm | None:
+    """The realm of client organization ``slug``; None when ``slug`` is not a slug, names no
+    organization, or names the deployment's own (whose sign-in is the deployment's)."""
+    if not slug or slug == rt.settings.organization or not ORGANIZATION_SLUG.fullmatch(slug):
+        return None
+    with rt.factory() as session:
+        org = session.scalar(select(Organization.id).where(Organization.slug == slug))
+    if org is None:
+        return None
+    try:
+        tenant = rt.tenant(org)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the password form must work
+        # Its folder, its secrets or its adapters do not load: no provider is offered, the
+        # password form still works, and the log (never the page) says why.
+        reason = str(exc) if isinstance(exc, ConfigError) else type(exc).__name__
+        log.error("organization %s: console OpenID Connect sign-in unavailable:\n%s", slug, reason)
+        factory = scoped_factory(rt.engine, org)
+        return Realm(slug, org, rt.settings, factory, unavailable=reason)
+    return Realm(slug, org, tenant.settings, tenant.factory)
+
+
+def realm_of(rt: Runtime, org: str) -> Realm:
+    """The realm a sign-in page or a start at ``?org=`` is for: the client's, else the
+    deployment's (an unknown or odd ``org`` is ignored, as the password form does)."""
+    return client_realm(rt, org) or deployment_realm(rt)
+
+
+def sign_in_providers(rt: Runtime, org: str) -> tuple[str, list[Provider]]:
+    """What the sign-in page at ``?org=`` offers: the organization the buttons carry (the
+    client's slug, or empty for the deployment's) and its providers."""
+    realm = realm_of(rt, org)
+    return realm.slug, realm.providers()
 
 
 class Refused(Exception):
@@ -399,6 +518,9 @@ class Flow:
     verifier: str
     next: str
     expires: int  # Unix seconds
+    # The client organization's slug whose sign-in this is; empty: the deployment's own.
+    # Sealed with the rest: the callback trusts it from here only, never from its query.
+    organization: str = ""
 
 
 def _flow_key(settings: Settings) -> bytes:
@@ -445,13 +567,6 @@ def pkce_challenge(verifier: str) -> str:
 # --------------------------------------------------------------------------- the pages
 
 
-def _provider(rt: Runtime, name: str) -> Provider:
-    for provider in enabled_providers(rt.settings):
-        if provider.name == name:
-            return provider
-    raise NotFound("That sign-in provider is not configured.")
-
-
 def _directory(request: Request) -> Directory:
     directory = getattr(request.app.state, "console_oidc_directory", None)
     if directory is None:
@@ -459,18 +574,34 @@ def _directory(request: Request) -> Directory:
     return directory  # type: ignore[no-any-return]
 
 
+def _unavailable(request: Request, label: str) -> Response:
+    return render(
+        request, "message.html", None, 503, title="Sign-in unavailable",
+        message=f"{label} did not answer. Try again in a moment.",
+    )  # fmt: skip
+
+
 @router.get("/oidc/{name}/start")
-def start(request: Request, rt: Rt, name: str, next: str = "/console/") -> Response:  # noqa: A002
-    """Send the browser to the provider's sign-in page."""
-    provider = _provider(rt, name)
+def start(
+    request: Request,
+    rt: Rt,
+    name: str,
+    next: str = "/console/",  # noqa: A002
+    org: str = "",
+) -> Response:
+    """Send the browser to the provider's sign-in page: the deployment's provider, or with
+    ``?org=<slug>`` the client organization's own (404 when it has not configured it)."""
+    realm = realm_of(rt, org)
+    if realm.unavailable and name in LABELS:
+        return _unavailable(request, LABELS[name])
+    provider = realm.provider(name)
     try:
         config = _directory(request).discovery(provider)
     except Refused as exc:
-        log.warning("console sign-in with %s unavailable: %s", provider.label, exc.reason)
-        return render(
-            request, "message.html", None, 503, title="Sign-in unavailable",
-            message=f"{provider.label} did not answer. Try again in a moment.",
-        )  # fmt: skip
+        log.warning(
+            "console sign-in with %s unavailable: %s", realm.describe(provider.label), exc.reason
+        )
+        return _unavailable(request, provider.label)
     target = safe_next(next)
     flow = Flow(
         provider=provider.name,
@@ -479,11 +610,13 @@ def start(request: Request, rt: Rt, name: str, next: str = "/console/") -> Respo
         verifier=secrets.token_urlsafe(64),  # 86 characters: RFC 7636 asks for 43 to 128
         next=target if len(target) <= NEXT_MAX else "/console/",
         expires=int((rt.now() + FLOW_LIFETIME).timestamp()),
+        organization=realm.slug,
     )
     params = {
         "client_id": provider.client_id,
         "response_type": "code",
         "scope": SCOPE,
+        # One address for every organization: the flow cookie says whose sign-in it is.
         "redirect_uri": provider.redirect_uri(rt.settings),
         "state": flow.state,
         "nonce": flow.nonce,
@@ -506,27 +639,64 @@ def start(request: Request, rt: Rt, name: str, next: str = "/console/") -> Respo
     return response
 
 
+def _flow_realm(rt: Runtime, flow: Flow) -> Realm:
+    """The realm the sealed flow was started for (its ``organization``, never the query)."""
+    if not flow.organization:
+        return deployment_realm(rt)
+    realm = client_realm(rt, flow.organization)
+    if realm is None:
+        raise Refused(f"the sign-in was started for organization {flow.organization!r}, gone")
+    if realm.unavailable:
+        raise Refused(f"organization {flow.organization}'s configuration does not load")
+    return realm
+
+
 @router.get("/oidc/{name}/callback")
 def callback(
     request: Request, rt: Rt, name: str, code: str = "", state: str = "", error: str = ""
 ) -> Response:
-    """Where the provider sends the browser back: finish the flow and sign in."""
-    provider = _provider(rt, name)
+    """Where the provider sends the browser back: finish the flow and sign in, in the
+    organization the sealed flow cookie names."""
+    if name not in LABELS:
+        raise NotFound("That sign-in provider is not configured.")
     target = "/console/"
+    realm = deployment_realm(rt)
+    provider: Provider | None = None
     try:
         flow = unseal(request.cookies.get(FLOW_COOKIE), _flow_key(rt.settings), rt.now())
-        target = flow.next
-        signed = _finish(request, rt, provider, flow, code, state, error)
     except Refused as exc:
-        log.warning("console sign-in with %s refused: %s", provider.label, exc.reason)
+        # Whose sign-in it was is unknown: answered as the deployment's (404 for a provider
+        # it has not configured, as ever).
+        realm.provider(name)
+        flow, refusal = None, exc
+    else:
+        target, refusal = flow.next, None
+        try:
+            realm = _flow_realm(rt, flow)
+        except Refused as exc:
+            refusal = exc
+        else:
+            provider = realm.provider(name)  # 404 when that organization has not configured it
+    signed = None
+    try:
+        if refusal is not None:
+            raise refusal
+        assert flow is not None and provider is not None
+        signed = _finish(request, rt, realm, provider, flow, code, state, error)
+    except Refused as exc:
+        label = realm.describe(LABELS[name])
+        if flow is not None and flow.organization and not realm.is_client:
+            label = f"{LABELS[name]} (organization {flow.organization})"
+        log.warning("console sign-in with %s refused: %s", label, exc.reason)
         if exc.identity is not None:
-            org = organization_id(rt)
+            org = realm.organization_id if realm.is_client else organization_id(rt)
             if org is not None:
-                with transaction(rt.factory) as session:
+                with transaction(realm.factory) as session:
                     accounts.oidc_refused(session, org, *exc.identity, exc.reason, rt.now())
-        signed = None
     if signed is None:
-        response = sign_in_response(request, rt, secrets.token_urlsafe(32), target, REFUSED, 401)
+        response = sign_in_response(
+            request, rt, secrets.token_urlsafe(32), target, REFUSED, 401, realm.slug
+        )
     else:
         response = start_session(rt, signed, target)
     response.delete_cookie(FLOW_COOKIE, path=FLOW_PATH)
@@ -534,7 +704,14 @@ def callback(
 
 
 def _finish(
-    request: Request, rt: Runtime, provider: Provider, flow: Flow, code: str, state: str, error: str
+    request: Request,
+    rt: Runtime,
+    realm: Realm,
+    provider: Provider,
+    flow: Flow,
+    code: str,
+    state: str,
+    error: str,
 ) -> accounts.SignedIn | None:
     if flow.provider != provider.name:
         raise Refused(f"the sign-in was started with {flow.provider}")
@@ -544,22 +721,22 @@ def _finish(
         raise Refused(f"the provider answered error={_plain(error)}")
     if not code:
         raise Refused("the provider sent no code")
-    secret = rt.settings.oidc_client_secret(provider.name)
+    secret = realm.client_secret(provider)
     if not secret:
-        raise Refused(
-            f"no client secret: {getattr(rt.settings, f'oidc_{provider.name}_client_secret_env')}"
-            " is not set"
-        )
+        raise Refused(realm.missing_secret(provider))
     directory = _directory(request)
     config = directory.discovery(provider)
     id_token = exchange_code(
         provider, config, secret, code, flow.verifier, provider.redirect_uri(rt.settings)
     )
+    # Against this organization's provider: its client id is the audience, its hosted
+    # domain or tenant the only one accepted.
     claims = verify_id_token(provider, config, directory, id_token, flow.nonce, rt.now())
     issuer, subject, email = identity_of(provider, config, claims)
-    org = organization_id(rt)
+    org = realm.organization_id if realm.is_client else organization_id(rt)
     if org is None:
         raise Refused(f"organization {rt.settings.organization!r} is not set up")
-    with transaction(rt.factory) as session:
-        # A refusal (the audit entry) commits with this transaction.
+    with transaction(realm.factory) as session:
+        # Only an account of this organization (in its scope, for a client). A refusal
+        # (the audit entry) commits with this transaction.
         return accounts.sign_in_oidc(session, org, issuer, subject, email, rt.now())
