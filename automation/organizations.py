@@ -917,7 +917,7 @@ def starter_settings(slug: str, name: str, base: Settings) -> str:
 # Settings of the organization {quoted} (slug {slug}). What is set here replaces the
 # deployment's value ({deployment_file}) for this organization only; see ../README.md.
 # The deployment's own settings (database, broker, data_dir, secret_key, base_url, worker
-# timing, metrics, console sign-in) cannot be set here.
+# timing, metrics) cannot be set here.
 #
 # Secrets never go in this file; each is read from standard input and stored encrypted:
 #   automation org secret set {slug} smtp_password
@@ -948,6 +948,13 @@ organization_name = {quoted}
 # imap_username = "checkins@client.example"  # secret: imap_password
 # gmail_user = "checkins@client.example"
 # graph_mailbox = "checkins@client.example"
+
+# Its people's console sign-in at /console/sign-in?org={slug} (none set: passwords only);
+# the client secrets are secrets: oidc_google_client_secret, oidc_microsoft_client_secret
+# oidc_google_client_id = "1234-abc.apps.googleusercontent.com"
+# oidc_google_hosted_domain = "client.example"
+# oidc_microsoft_client_id = "00000000-0000-0000-0000-000000000000"
+# oidc_microsoft_tenant = "00000000-0000-0000-0000-000000000000"
 
 # Beside this file, these replace the shared ones for this organization when present:
 # cadences/, pips/, roles/, privacy.toml (retention), delegates.toml, coaching.toml, and
