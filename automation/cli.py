@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,233 @@ def _time(value: Any) -> Any:
 
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The deployment's settings: as main() resolved them for a command that acts for an
+    organization (``organization`` is the deployment's own slug, whatever
+    AUTOMATION_ORGANIZATION says), else as the file and the environment give them."""
+    resolved = getattr(args, "deployment_settings", None)
+    if resolved is not None:
+        return resolved
     from automation.settings import load_settings
 
     return load_settings(args.config)
+
+
+# --- which organization a command acts for (issue 10): `--org SLUG` -------------------------
+#
+# A command of one organization (people, calendars, mail, PIPs, goals, privacy, jobs,
+# reports, templates, config check, ...) runs with that organization's tenant runtime
+# (Runtime.tenant: sessions scoped to it; its own settings, adapters, cadences and templates
+# from config/orgs/<slug>/; its secrets). main() resolves the organization once, before the
+# command runs: `--org SLUG`, else AUTOMATION_ORGANIZATION when it names a client, else the
+# deployment's own (the `organization` setting). Commands of the deployment refuse --org.
+
+EX_ORG = 2  # as argparse's usage errors: the command line names no organization it can act for
+ORGANIZATION_VARIABLE = "AUTOMATION_ORGANIZATION"
+
+
+class UnknownOrganization(AutomationError):
+    """--org (or AUTOMATION_ORGANIZATION) names no organization on record."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The organization a command acts for, as main() resolved it."""
+
+    slug: str
+    deployment: str  # the deployment's own organization's slug
+    origin: str  # "--org", AUTOMATION_ORGANIZATION or "the deployment's organization"
+    organization_id: int | None = None  # None: not looked up, or the deployment's not created yet
+    name: str | None = None  # its organizations row's name, when looked up
+
+    @property
+    def own(self) -> bool:
+        return self.slug == self.deployment
+
+
+def _organizations(settings) -> dict[str, tuple[int, str]]:  # type: ignore[no-untyped-def]
+    """Every organization on record, slug -> (id, name), read in the system scope; empty when
+    the database has no organizations table yet (never migrated: nothing to act for)."""
+    from sqlalchemy import inspect, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from automation.db import make_engine
+    from automation.models import Organization
+
+    engine = make_engine(settings.database)
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table(Organization.__tablename__):
+                return {}
+            rows = connection.execute(
+                select(Organization.slug, Organization.id, Organization.name)
+            ).all()
+    except SQLAlchemyError as exc:
+        raise AutomationError(
+            f"cannot read the organizations from the database ({type(exc).__name__}), "
+            "needed to know which organization the command acts for"
+        ) from None
+    finally:
+        engine.dispose()
+    return {slug: (organization_id, name) for slug, organization_id, name in rows}
+
+
+def _resolve(args: argparse.Namespace, requested: str | None, *, variable: bool = True) -> Target:
+    """The organization a command acts for; keeps the deployment's settings on ``args`` (for
+    :func:`_settings`). Reads the database only when a slug other than the deployment's own
+    is in play.
+
+    AUTOMATION_ORGANIZATION is also the ``organization`` setting (how `run` and the workers
+    learn the deployment's own organization). Here it names a client organization when it
+    differs from the settings file's ``organization`` and that one exists in the database;
+    otherwise it is the deployment's own slug, as it always was (a deployment that names its
+    organization only in the environment). ``variable=False``: the command acts for the
+    deployment's own organization whatever the variable says."""
+    from automation.settings import load_settings
+
+    settings = load_settings(args.config)
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (ORGANIZATION_VARIABLE, ORGANIZATION_VARIABLE + "_FILE")
+    }
+    from_file = load_settings(args.config, environ=environ).organization
+    known: dict[str, tuple[int, str]] | None = None
+    client: str | None = None
+    if settings.organization != from_file:
+        known = _organizations(settings)
+        if from_file in known:  # the deployment's own is on record: the variable is a client
+            client = settings.organization
+            settings = settings.with_(organization=from_file)
+    args.deployment_settings = settings
+    slug, origin = settings.organization, "the deployment's organization"
+    if requested is not None:
+        slug, origin = requested, "--org"
+    elif client is not None and variable:
+        slug, origin = client, ORGANIZATION_VARIABLE
+    if slug == settings.organization and known is None:
+        return Target(slug, settings.organization, origin)  # its id is looked up when needed
+    if known is None:
+        known = _organizations(settings)
+    found = known.get(slug)
+    if found is None and slug != settings.organization:
+        listed = ", ".join(sorted(known)) or "none"
+        raise UnknownOrganization(
+            f"no organization {slug!r} (named by {origin}; known: {listed}): "
+            f"`automation org list` shows them, `automation org create {slug} --name NAME` "
+            "adds one"
+        )
+    if found is None:
+        return Target(slug, settings.organization, origin)
+    return Target(slug, settings.organization, origin, found[0], found[1])
+
+
+# Commands of the deployment, not of one organization, with the reason an explicit --org is
+# refused. AUTOMATION_ORGANIZATION keeps its meaning there: the `organization` setting.
+_ALL_ORGS_BY_SLUG = "the org commands name the organization as their SLUG argument"
+_DEPLOYMENT_COMMANDS: dict[str, str] = {
+    "cmd_demo": "the demo runs its own organization on its own files",
+    "cmd_run": "the service works for every organization",
+    "cmd_web": "the web app serves every organization",
+    "cmd_worker": "the workers run every organization's tasks",
+    "cmd_ingest_mail": "a message is stored as the organization its signed reply address names",
+    "cmd_db_upgrade": "the database is the deployment's",
+    "cmd_audit_verify": "it checks every organization's audit chain",
+    "cmd_org_create": _ALL_ORGS_BY_SLUG,
+    "cmd_org_list": "it lists every organization",
+    "cmd_org_config": _ALL_ORGS_BY_SLUG,
+    "cmd_org_secret_set": _ALL_ORGS_BY_SLUG,
+    "cmd_org_secret_unset": _ALL_ORGS_BY_SLUG,
+    "cmd_org_secret_list": _ALL_ORGS_BY_SLUG,
+    "cmd_org_secret_rotate": "it re-encrypts every organization's secrets",
+    "cmd_console_account_grant": "a consultant's account is in the deployment's organization; "
+    "name the client after the command: `console account grant EMAIL --org SLUG`",
+}
+# Of those, the ones that still need the deployment's own organization right (read through
+# the database as for the commands of one organization), so that AUTOMATION_ORGANIZATION
+# naming a client is not taken for the deployment's own: grant and revoke act in it.
+_RESOLVED_DEPLOYMENT_COMMANDS = frozenset(
+    {
+        "cmd_audit_verify",
+        "cmd_org_create",
+        "cmd_org_list",
+        "cmd_org_config",
+        "cmd_org_secret_set",
+        "cmd_org_secret_unset",
+        "cmd_org_secret_list",
+        "cmd_org_secret_rotate",
+        "cmd_console_account_grant",
+    }
+)
+_IGNORES_ORG = frozenset({"cmd_completion"})  # the same shell code for every organization
+
+
+def _command_words(args: argparse.Namespace) -> str:
+    words = [getattr(args, key, None) for key in ("command", "sub", "action")]
+    return " ".join(w for w in words if isinstance(w, str))
+
+
+def _choose_organization(args: argparse.Namespace) -> int | None:
+    """Resolve the organization the command acts for (main() calls it once, before the
+    command); an exit code, with the reason printed, when it cannot run for it."""
+    name = getattr(args.func, "__name__", "")
+    requested = getattr(args, "org_slug", None)
+    if name in _IGNORES_ORG:
+        return None
+    if name in _DEPLOYMENT_COMMANDS:
+        if requested is not None:
+            print(
+                f"automation: --org does not apply to `automation {_command_words(args)}`: "
+                f"{_DEPLOYMENT_COMMANDS[name]}",
+                file=sys.stderr,
+            )
+            return EX_ORG
+        if name in _RESOLVED_DEPLOYMENT_COMMANDS:
+            args.target = _resolve(args, None, variable=False)
+        return None
+    if requested is not None and not requested.strip():
+        print("automation: --org needs an organization's slug", file=sys.stderr)
+        return EX_ORG
+    try:
+        args.target = _resolve(args, requested.strip() if requested else None)
+    except UnknownOrganization as exc:
+        print(f"automation: {exc}", file=sys.stderr)
+        return EX_ORG
+    except ConfigError:
+        if name == "cmd_config_check":
+            return None  # the check reports what is wrong with the settings itself
+        raise
+    return None
+
+
+def _target(args: argparse.Namespace) -> Target:
+    """The organization the command acts for (the deployment's own when main() did not
+    resolve one: a command called directly)."""
+    found = getattr(args, "target", None)
+    if found is None:
+        found = args.target = _resolve(args, getattr(args, "org_slug", None))
+    return found  # type: ignore[no-any-return]
+
+
+def _org_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The settings of the organization the command acts for, without its secrets: its
+    folder's view of cadences, templates, PIPs, roles and privacy, for the commands that
+    read configuration only. No database read for the deployment's own."""
+    from automation.organizations import tenant_settings
+
+    target = _target(args)
+    return tenant_settings(_settings(args), target.slug, {}, name=target.name)
+
+
+def _for_org(args: argparse.Namespace, data: Any) -> Any:
+    """A --json object with the organization the command acted for: ``organization``, its
+    slug (``organization_slug`` where the object has an ``organization`` of its own, as the
+    consistency report has: its name)."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = asdict(data)
+    slug = _target(args).slug
+    if "organization" in data:
+        return {**data, "organization_slug": slug}
+    return {"organization": slug, **data}
 
 
 def _runtime(args: argparse.Namespace, *, in_process: bool):  # type: ignore[no-untyped-def]
@@ -72,8 +297,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with _progress(args, "simulating", "day") as report:
         summary = run_demo(
-            _settings(args), Path(args.out), weeks=args.weeks, seed=args.seed, progress=report
-        )
+            _settings(args), Path(args.out), weeks=args.weeks, seed=args.seed, progress=report,
+            clients=args.clients,
+        )  # fmt: skip
     if args.json:
         print_json(summary)
     else:
@@ -346,7 +572,7 @@ def _questions(args: argparse.Namespace) -> list[str]:
         ]
     from automation.config import load_cadences
 
-    cadences = load_cadences(_settings(args))
+    cadences = load_cadences(_org_settings(args))
     return list(cadences[0].questions) if cadences else []
 
 
@@ -397,7 +623,7 @@ def cmd_parse_reply(args: argparse.Namespace) -> int:
         return EX_NOINPUT
     out = parse_reply_json(raw, questions)
     if args.json:
-        print(json.dumps(out, ensure_ascii=False))
+        print(json.dumps(_for_org(args, out), ensure_ascii=False))
         return EX_OK
     if out["bounce"]:
         kind = "bounce: never recorded" + (
@@ -448,8 +674,9 @@ def cmd_parse_reply(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _inbox_runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """A runtime on the configured database, without a broker: operator commands run here."""
+def _system_runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The deployment's runtime on the configured database (system scope), without a broker,
+    for the few commands that span every organization."""
     from automation import services  # noqa: F401  (registers the task handlers)
     from automation.db import migrate
     from automation.runtime import build_runtime
@@ -459,7 +686,37 @@ def _inbox_runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return rt
 
 
+def _inbox_runtime(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The runtime of the organization the command acts for (Runtime.tenant: scoped sessions,
+    its own settings, adapters, cadences, templates and secrets), on the configured database
+    without a broker: operator commands run here. The deployment's own organization before
+    it exists gets the deployment's runtime (and _org() says to create it)."""
+    rt = _system_runtime(args)
+    try:
+        found = _target_id(args, rt)
+    except LookupError:
+        return rt
+    try:
+        return rt.tenant(found)
+    except BaseException:
+        rt.engine.dispose()
+        raise
+
+
+def _target_id(args: argparse.Namespace, rt) -> int:  # type: ignore[no-untyped-def]
+    """The id of the organization the command acts for (a LookupError if not on record)."""
+    found = _target(args).organization_id
+    if found is not None:
+        return found
+    from automation.services.inbound import organization_id
+
+    with rt.factory() as session:
+        return organization_id(session, _target(args).slug)
+
+
 def _org(rt) -> int:  # type: ignore[no-untyped-def]
+    if rt.organization_id is not None:
+        return rt.organization_id  # type: ignore[no-any-return]
     from automation.services.inbound import organization_id
 
     with rt.factory() as session:
@@ -539,31 +796,34 @@ def cmd_inbox_show(args: argparse.Namespace) -> int:
     parsed = decode_message(message.raw)
     if args.json:
         print_json(
-            {
-                "id": message.id,
-                "state": message.state,
-                "reason": message.quarantine_reason,
-                "received_at": message.received_at,
-                "source": message.source,
-                "processed_at": message.processed_at,
-                "sha256": message.sha256,
-                "size": message.size,
-                "occurrence_id": message.occurrence_id,
-                "pip_review_id": message.pip_review_id,
-                "released_at": message.released_at,
-                "attributed_to": message.attributed_to,
-                "from": parsed.from_address,
-                "from_name": parsed.from_name,
-                "to": list(parsed.to),
-                "subject": parsed.subject,
-                "date": parsed.date,
-                "message_id": parsed.message_id,
-                "in_reply_to": list(parsed.in_reply_to),
-                "auto_reply": bool(parsed.auto_reply),
-                "bounce": bool(parsed.bounce),
-                "defects": list(parsed.defects),
-                "text": parsed.text,
-            }
+            _for_org(
+                args,
+                {
+                    "id": message.id,
+                    "state": message.state,
+                    "reason": message.quarantine_reason,
+                    "received_at": message.received_at,
+                    "source": message.source,
+                    "processed_at": message.processed_at,
+                    "sha256": message.sha256,
+                    "size": message.size,
+                    "occurrence_id": message.occurrence_id,
+                    "pip_review_id": message.pip_review_id,
+                    "released_at": message.released_at,
+                    "attributed_to": message.attributed_to,
+                    "from": parsed.from_address,
+                    "from_name": parsed.from_name,
+                    "to": list(parsed.to),
+                    "subject": parsed.subject,
+                    "date": parsed.date,
+                    "message_id": parsed.message_id,
+                    "in_reply_to": list(parsed.in_reply_to),
+                    "auto_reply": bool(parsed.auto_reply),
+                    "bounce": bool(parsed.bounce),
+                    "defects": list(parsed.defects),
+                    "text": parsed.text,
+                },
+            )
         )
         return EX_OK
     linked = (
@@ -637,35 +897,52 @@ def cmd_inbox_release(args: argparse.Namespace) -> int:
     finally:
         rt.engine.dispose()
     if args.json:
-        print_json({"id": args.id, "state": state, "result": result})
+        print_json(_for_org(args, {"id": args.id, "state": state, "result": result}))
     else:
         print(f"released inbound message {args.id}: {result}")
     return EX_OK
 
 
 def cmd_people_import(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
     from automation.db import make_engine, migrate, session_factory, transaction
+    from automation.models import Organization
     from automation.people import ensure_organization, import_people_file
 
     settings = _settings(args)
+    target = _target(args)
     engine = make_engine(settings.database)
     migrate(engine)
     from automation.clock import SystemClock
+    from automation.tenancy import scoped_factory
 
     now = SystemClock().now()
     try:
-        with (
-            _progress(args, "importing", "person") as report,
-            transaction(session_factory(engine)) as session,
-        ):
-            org = ensure_organization(
-                session, settings.organization, settings.organization_name, now
-            )
-            result = import_people_file(session, org.id, Path(args.file), now, progress=report)
+        org_id = target.organization_id
+        if org_id is None:
+            with session_factory(engine)() as session:
+                org_id = session.scalar(
+                    select(Organization.id).where(Organization.slug == target.slug)
+                )
+        with _progress(args, "importing", "person") as report:
+            if org_id is not None:  # in its scope: it reads and writes only its own people
+                with transaction(scoped_factory(engine, org_id)) as session:
+                    result = import_people_file(
+                        session, org_id, Path(args.file), now, progress=report
+                    )
+            else:  # the deployment's own: created with its first people, as it always was
+                with transaction(session_factory(engine)) as session:
+                    org = ensure_organization(
+                        session, settings.organization, settings.organization_name, now
+                    )
+                    result = import_people_file(
+                        session, org.id, Path(args.file), now, progress=report
+                    )
     finally:
         engine.dispose()
     if args.json:
-        print_json({"file": args.file, **asdict(result)})
+        print_json(_for_org(args, {"file": args.file, **asdict(result)}))
     else:
         print(
             f"imported {args.file}: {result.created} created, {result.updated} updated, "
@@ -743,7 +1020,7 @@ def cmd_people_mail_ok(args: argparse.Namespace) -> int:
     finally:
         rt.engine.dispose()
     if args.json:
-        print_json({"email": args.email.strip().lower(), "released": released})
+        print_json(_for_org(args, {"email": args.email.strip().lower(), "released": released}))
     else:
         print(f"{args.email}: no longer flagged; {released} held message(s) queued again")
     return EX_OK
@@ -758,7 +1035,7 @@ def cmd_mail_status(args: argparse.Namespace) -> int:
     finally:
         rt.engine.dispose()
     if args.json:
-        print_json(status)
+        print_json(_for_org(args, status))
         return EX_OK
     print(f"outbound  {status.transport} as {status.sender}")
     print(f"inbound   {status.inbox}")
@@ -793,7 +1070,7 @@ def cmd_mail_test_send(args: argparse.Namespace) -> int:
     finally:
         rt.engine.dispose()
     if args.json:
-        print_json(result)
+        print_json(_for_org(args, result))
     else:
         print(f"sent {result.message_id} through {rt.sender.name}")
         if result.provider_id:
@@ -808,13 +1085,26 @@ def cmd_mail_test_send(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate the settings and every cadence, template and other file the organization
+    runs with: the deployment's configuration, or, for an organization with a folder of its
+    own (a client under --org, or the deployment's own with config/orgs/<slug>/), that
+    folder's view over the shared files, and its stored secrets."""
     from automation.config import check_all
+    from automation.organizations import check_organization, org_folder, valid_slug
 
+    target: Target | None = getattr(args, "target", None)  # None: the settings do not load
     settings, problems = check_all(args.config)
+    if settings is not None and target is not None:
+        has_folder = valid_slug(target.slug) and org_folder(settings, target.slug).is_dir()
+        if not target.own or has_folder:
+            settings, problems = check_organization(_settings(args), target.slug, name=target.name)
+            problems.extend(_secret_problems(args, target))
+    slug = target.slug if target is not None else None
     if args.json:
         print_json(
             {
                 "ok": not problems,
+                "organization": slug,
                 "settings_file": str(settings.source) if settings else None,
                 "config_dir": settings.config_dir if settings else None,
                 "templates_dir": settings.templates_dir if settings else None,
@@ -828,15 +1118,39 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem(s) found", file=sys.stderr)
         return EX_CONFIG
     assert settings is not None
-    print(f"configuration OK ({settings.source}, {settings.config_dir}, {settings.templates_dir})")
+    whose = f"organization {slug}: " if target is not None and not target.own else ""
+    print(
+        f"{whose}configuration OK ({settings.source}, {settings.config_dir}, "
+        f"{settings.templates_dir})"
+    )
     return EX_OK
+
+
+def _secret_problems(args: argparse.Namespace, target: Target) -> list[Any]:
+    """Whether the organization's stored secrets decrypt with AUTOMATION_SECRETS_KEYS (as
+    `org config SLUG --check` tells); nothing to check for one not on record."""
+    if target.organization_id is None:
+        return []
+    from automation.db import make_engine
+    from automation.organizations import Keyring, load_secrets
+    from automation.tenancy import scoped_factory
+
+    engine = make_engine(_settings(args).database)
+    try:
+        with scoped_factory(engine, target.organization_id)() as session:
+            load_secrets(session, target.organization_id, Keyring.from_env_if_set())
+    except ConfigError as exc:
+        return list(exc.problems)
+    finally:
+        engine.dispose()
+    return []
 
 
 def cmd_templates_preview(args: argparse.Namespace) -> int:
     from automation.emails import render, render_text, template_names
     from automation.template_samples import sample_context
 
-    settings = _settings(args)
+    settings = _org_settings(args)
     names = template_names(settings.templates_dir)
     if args.name not in names and args.name != "invite/description.txt":
         print(f"no template named {args.name!r}; known: {', '.join(names)}", file=sys.stderr)
@@ -845,19 +1159,24 @@ def cmd_templates_preview(args: argparse.Namespace) -> int:
     if args.name == "invite/description.txt":
         text = render_text(settings.templates_dir, args.name, context)
         if args.json:
-            print_json({"name": args.name, "subject": None, "text": text, "html": None})
+            print_json(
+                _for_org(args, {"name": args.name, "subject": None, "text": text, "html": None})
+            )
         else:
             print(text)
         return EX_OK
     rendered = render(settings.templates_dir, args.name, context)
     if args.json:
         print_json(
-            {
-                "name": args.name,
-                "subject": rendered.subject,
-                "text": rendered.text,
-                "html": rendered.html,
-            }
+            _for_org(
+                args,
+                {
+                    "name": args.name,
+                    "subject": rendered.subject,
+                    "text": rendered.text,
+                    "html": rendered.html,
+                },
+            )
         )
         return EX_OK
     print(f"Subject: {rendered.subject}\n")
@@ -868,7 +1187,7 @@ def cmd_templates_preview(args: argparse.Namespace) -> int:
 def cmd_templates_list(args: argparse.Namespace) -> int:
     from automation.emails import template_names
 
-    names = template_names(_settings(args).templates_dir)
+    names = template_names(_org_settings(args).templates_dir)
     if args.json:
         print_json(names)
     else:
@@ -1098,7 +1417,11 @@ def cmd_privacy_hold(args: argparse.Namespace) -> int:
         if hold is None:
             return EX_DATAERR
         if args.json:
-            print_json({"id": hold, "employee": args.employee.strip().lower(), "state": "active"})
+            print_json(
+                _for_org(
+                    args, {"id": hold, "employee": args.employee.strip().lower(), "state": "active"}
+                )
+            )
         else:
             print(f"legal hold {hold} placed on {args.employee}: nothing of theirs is erased")
         return EX_OK
@@ -1111,7 +1434,9 @@ def cmd_privacy_hold(args: argparse.Namespace) -> int:
     if released is None:
         return EX_DATAERR
     if args.json:
-        print_json({"employee": args.employee.strip().lower(), "released": released})
+        print_json(
+            _for_org(args, {"employee": args.employee.strip().lower(), "released": released})
+        )
         return EX_OK
     print(
         f"legal hold(s) {', '.join(map(str, released))} on {args.employee} released; "
@@ -1133,7 +1458,7 @@ def cmd_privacy_erase(args: argparse.Namespace) -> int:
         return EX_DATAERR
     request_id, state, removed = result
     if args.json:
-        print_json({"request": request_id, "state": state, "removed": removed})
+        print_json(_for_org(args, {"request": request_id, "state": state, "removed": removed}))
     elif state == "held":
         print(
             f"deletion request {request_id} recorded but HELD: {args.employee} is under a legal "
@@ -1160,7 +1485,7 @@ def cmd_privacy_sweep(args: argparse.Namespace) -> int:
     if result is None:
         return EX_DATAERR
     if args.json:
-        print_json(as_dict(result))
+        print_json(_for_org(args, as_dict(result)))
     else:
         print(
             f"retention: {result.people_erased} person(s) erased, "
@@ -1175,7 +1500,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Recompute each organization's hash chain; exit 1 naming the first bad entry."""
     from automation.audit import verify_all
 
-    rt = _inbox_runtime(args)
+    rt = _system_runtime(args)
     try:
         with rt.factory() as session:
             checks = verify_all(session)
@@ -1194,17 +1519,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EX_OK if all(c.intact for c in checks) else 1
 
 
-def _operator_call(args: argparse.Namespace, action, refused: type[Exception], by=None):  # type: ignore[no-untyped-def]
-    """Run ``action(rt, session, org, actor)`` in one transaction on the configured database;
-    a ``refused`` error prints its reason and returns None. Work it schedules (emails,
-    calendar writes) is done by `automation run`."""
+def _operator_call(  # type: ignore[no-untyped-def]
+    args: argparse.Namespace, action, refused: type[Exception], by=None, *, system: bool = False
+):
+    """Run ``action(rt, session, org, actor)`` in one transaction on the configured database,
+    in the scope of the organization the command acts for (``system``: unscoped, for what
+    spans organizations, as a consultant's grant does); a ``refused`` error prints its reason
+    and returns None. Work it schedules (emails, calendar writes) is done by `automation run`."""
     import getpass
 
     from automation.db import transaction
 
-    rt = _inbox_runtime(args)
+    rt = _system_runtime(args) if system else _inbox_runtime(args)
     try:
-        org = _org(rt)
+        org = _target_id(args, rt) if system else _org(rt)
         with transaction(rt.factory) as session:
             return action(rt, session, org, by or f"operator:{getpass.getuser()}")
     except refused as exc:
@@ -1224,7 +1552,7 @@ def cmd_pip_start(args: argparse.Namespace) -> int:
     from automation.config import load_goals, load_pip_templates
     from automation.services.pips import start_pip_from_template
 
-    settings = _settings(args)
+    settings = _org_settings(args)
     found = load_pip_templates(settings)
     if args.template not in found:
         print(
@@ -1246,12 +1574,15 @@ def cmd_pip_start(args: argparse.Namespace) -> int:
         return EX_DATAERR
     if args.json:
         print_json(
-            {
-                "id": done[0],
-                "employee": args.employee.strip().lower(),
-                "template": args.template,
-                "ends_on": done[1].date().isoformat(),  # as `pip list` shows it (UTC)
-            }
+            _for_org(
+                args,
+                {
+                    "id": done[0],
+                    "employee": args.employee.strip().lower(),
+                    "template": args.template,
+                    "ends_on": done[1].date().isoformat(),  # as `pip list` shows it (UTC)
+                },
+            )
         )
     else:
         print(f"PIP {done[0]} started for {args.employee}, ends {done[1]:%Y-%m-%d}; plan queued")
@@ -1273,12 +1604,15 @@ def cmd_pip_extend(args: argparse.Namespace) -> int:
     pip_id, ends = done
     if args.json:
         print_json(
-            {
-                "id": pip_id,
-                "employee": args.employee.strip().lower(),
-                "days": args.days,
-                "ends_on": ends.date().isoformat(),
-            }
+            _for_org(
+                args,
+                {
+                    "id": pip_id,
+                    "employee": args.employee.strip().lower(),
+                    "days": args.days,
+                    "ends_on": ends.date().isoformat(),
+                },
+            )
         )
     else:
         print(f"PIP of {args.employee} extended by {args.days} days, now ends {ends:%Y-%m-%d}")
@@ -1298,7 +1632,10 @@ def cmd_pip_close(args: argparse.Namespace) -> int:
         return EX_DATAERR
     if args.json:
         print_json(
-            {"id": pip_id, "employee": args.employee.strip().lower(), "outcome": args.outcome}
+            _for_org(
+                args,
+                {"id": pip_id, "employee": args.employee.strip().lower(), "outcome": args.outcome},
+            )
         )
     else:
         print(f"PIP {pip_id} of {args.employee} closed: {args.outcome}")
@@ -1355,7 +1692,8 @@ def cmd_warning_create(args: argparse.Namespace) -> int:
     if action_id is None:
         return EX_DATAERR
     if args.json:
-        print_json({"id": action_id, "employee": args.employee.strip().lower(), "kind": args.kind})
+        employee = args.employee.strip().lower()
+        print_json(_for_org(args, {"id": action_id, "employee": employee, "kind": args.kind}))
     else:
         print(
             f"{args.kind.replace('_', ' ')} {action_id} recorded for {args.employee}; email queued"
@@ -1388,7 +1726,7 @@ def cmd_goals_import(args: argparse.Namespace) -> int:
     if result is None:
         return EX_DATAERR
     if args.json:
-        print_json(result)
+        print_json(_for_org(args, result))
     else:
         print(
             f"imported {args.file}: {result.created} created, {result.updated} updated "
@@ -1466,7 +1804,7 @@ def cmd_goals_set(args: argparse.Namespace) -> int:
     if change is None:
         return EX_DATAERR
     if args.json:
-        print_json(change)
+        print_json(_for_org(args, change))
     elif not change.changed:
         print(f"goal {change.goal_id} “{change.title}”: unchanged (version {change.version})")
     else:
@@ -1507,7 +1845,8 @@ def cmd_development(args: argparse.Namespace) -> int:
         if found is None:
             return EX_DATAERR
         if args.json:
-            print_json({"id": found, "employee": args.employee.strip().lower(), "kind": args.kind})
+            employee = args.employee.strip().lower()
+            print_json(_for_org(args, {"id": found, "employee": employee, "kind": args.kind}))
         else:
             print(f"development item {found} added for {args.employee}")
         return EX_OK
@@ -1523,7 +1862,7 @@ def cmd_development(args: argparse.Namespace) -> int:
         if found is None:
             return EX_DATAERR
         if args.json:
-            print_json({"id": args.id, "status": found})
+            print_json(_for_org(args, {"id": args.id, "status": found}))
         else:
             print(f"development item {args.id}: {found}")
         return EX_OK
@@ -1554,7 +1893,7 @@ def cmd_roles_check(args: argparse.Namespace) -> int:
     from automation.config import load_roles
     from automation.models import Person
 
-    roles = load_roles(_settings(args))  # a ConfigError is reported by main()
+    roles = load_roles(_org_settings(args))  # a ConfigError is reported by main()
 
     def people_roles(rt, session, org, actor):  # type: ignore[no-untyped-def]
         return session.execute(
@@ -1568,18 +1907,21 @@ def cmd_roles_check(args: argparse.Namespace) -> int:
     unknown = {role: used[role] for role in used if role is not None and role not in roles}
     if args.json:
         print_json(
-            {
-                "roles": {
-                    name: {
-                        "title": r.title,
-                        "file": r.source_file,
-                        "people": used.get(name, (0,))[0],
-                    }
-                    for name, r in sorted(roles.items())
+            _for_org(
+                args,
+                {
+                    "roles": {
+                        name: {
+                            "title": r.title,
+                            "file": r.source_file,
+                            "people": used.get(name, (0,))[0],
+                        }
+                        for name, r in sorted(roles.items())
+                    },
+                    "without_role": used.get(None, (0,))[0],
+                    "unknown": {role: {"people": n, "e.g.": e} for role, (n, e) in unknown.items()},
                 },
-                "without_role": used.get(None, (0,))[0],
-                "unknown": {role: {"people": n, "e.g.": e} for role, (n, e) in unknown.items()},
-            }
+            )
         )
     else:
         print_table(
@@ -1627,7 +1969,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 print(f"refused: {exc}", file=sys.stderr)
                 return EX_DATAERR
             if args.json:
-                print_json({"retried": ids, "count": len(ids)})
+                print_json(_for_org(args, {"retried": ids, "count": len(ids)}))
             else:
                 print(
                     f"{len(ids)} job(s) due again"
@@ -1709,7 +2051,7 @@ def cmd_report_consistency(args: argparse.Namespace) -> int:
         rt.engine.dispose()
     paths = write_report(report, Path(args.out), rt.settings.templates_dir)
     if args.json:
-        print_json(as_json(report) | {"files": [str(p) for p in paths]})
+        print_json(_for_org(args, as_json(report) | {"files": [str(p) for p in paths]}))
     else:
         org = report.org
         print(
@@ -2077,6 +2419,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="settings file (default: $AUTOMATION_CONFIG or config/settings.toml)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every task")
+    _org_option(parser)
     _display_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -2085,6 +2428,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--json", action="store_true", help="print one JSON object of counts")
+    p.add_argument(
+        "--clients",
+        action="store_true",
+        help="also run two client organizations (config/example-clients/) on the Google and "
+        "Microsoft 365 fakes of tests/fakes/ (a source checkout), with a consultant account",
+    )
     p.set_defaults(func=cmd_demo)
 
     console = sub.add_parser("console", help="the HR console").add_subparsers(
@@ -2576,6 +2925,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _org_option(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    action = parser.add_argument(
+        "--org",
+        dest="org_slug",
+        metavar="SLUG",
+        default=default,
+        help="act for this organization, with its own settings, folder and secrets (default: "
+        "$AUTOMATION_ORGANIZATION when it names a client, else the deployment's own; "
+        "`automation org list` shows them)",
+    )
+    action.completer = _complete_org  # type: ignore[attr-defined]
+
+
+def _complete_org(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """The organizations' slugs for the shell: from the database, else the folders under
+    config/orgs/. Never fails: a completion that cannot be offered is none."""
+    try:
+        from automation.settings import load_settings
+
+        settings = load_settings(getattr(parsed_args, "config", None))
+    except Exception:  # noqa: BLE001 - completion must never print a traceback
+        return []
+    slugs: set[str] = {settings.organization}
+    try:
+        slugs |= set(_organizations(settings))
+    except Exception:  # noqa: BLE001
+        from automation.organizations import ORGS_FOLDER
+
+        with contextlib.suppress(OSError):
+            slugs |= {p.name for p in (settings.config_dir / ORGS_FOLDER).iterdir() if p.is_dir()}
+    return sorted(slug for slug in slugs if slug.startswith(prefix))
+
+
 def _display_options(parser: argparse.ArgumentParser, default: Any = False) -> None:
     parser.add_argument(
         "-q",
@@ -2598,16 +2980,19 @@ _NO_DISPLAY_OPTIONS = frozenset({"run", "web", "worker", "completion"})
 
 
 def _display_options_everywhere(parser: argparse.ArgumentParser) -> None:
-    """-q/--quiet and --no-progress after the command as well as before it. The commands'
-    copies default to SUPPRESS: argparse lets a subcommand's defaults overwrite what was
-    given before it, and `automation -q demo` must stay quiet."""
+    """-q/--quiet, --no-progress and --org after the command as well as before it. The
+    commands' copies default to SUPPRESS: argparse lets a subcommand's defaults overwrite
+    what was given before it, and `automation -q demo` must stay quiet."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, child in action.choices.items():
                 if any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
                     _display_options_everywhere(child)
-                elif name not in _NO_DISPLAY_OPTIONS:
-                    _display_options(child, argparse.SUPPRESS)
+                else:
+                    if name not in _NO_DISPLAY_OPTIONS:
+                        _display_options(child, argparse.SUPPRESS)
+                    if "--org" not in child._option_string_actions:  # grant/revoke have theirs
+                        _org_option(child, argparse.SUPPRESS)
 
 
 def _console_password(args: argparse.Namespace) -> str | None:
@@ -2641,7 +3026,7 @@ def cmd_console_account_add(args: argparse.Namespace) -> int:
     if created is None:
         return EX_DATAERR
     if args.json:
-        print_json(created)
+        print_json(_for_org(args, created))
     else:
         print(f"created {created['role']} {created['email']}")
     return EX_OK
@@ -2671,7 +3056,9 @@ def cmd_console_account_list(args: argparse.Namespace) -> int:
             )
         ]
 
-    rows = _operator_call(args, action, AutomationError) or []
+    # In the system scope (a consultant's clients are other organizations), filtered to the
+    # organization the command acts for.
+    rows = _operator_call(args, action, AutomationError, system=True) or []
     if args.json:
         print_json(rows)
         return EX_OK
@@ -2697,7 +3084,7 @@ def cmd_console_account_active(args: argparse.Namespace) -> int:
     if email is None:
         return EX_DATAERR
     if args.json:
-        print_json({"email": email, "active": args.active})
+        print_json(_for_org(args, {"email": email, "active": args.active}))
     else:
         print(f"{'enabled' if args.active else 'disabled (its sessions ended)'}: {email}")
     return EX_OK
@@ -2749,7 +3136,9 @@ def cmd_console_account_grant(args: argparse.Namespace) -> int:
             "clients": [o.slug for o in granted_organizations(session, account)],
         }
 
-    result = _operator_call(args, action, AccountError)
+    # In the system scope: the client is another organization, and the grant is audited in
+    # both organizations' logs. The account is in the deployment's own organization.
+    result = _operator_call(args, action, AccountError, system=True)
     if result is None:
         return EX_DATAERR
     if args.json:
@@ -2785,6 +3174,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
+        refused = _choose_organization(args)
+        if refused is not None:
+            return refused
         return args.func(args)
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)

@@ -408,7 +408,10 @@ def test_people_import_list_and_mail_ok_print_json(acme, capsys, tmp_path):
         "zoe@acme.test,Zoë Zed,Asia/Tokyo,ana@acme.test,hr@acme.test,\n"
     )
     imported = run_json(capsys, "people", "import", str(people))
-    assert imported == {"file": str(people), "created": 1, "updated": 1, "unchanged": 3}
+    assert imported == {
+        "organization": "acme", "file": str(people), "created": 1, "updated": 1,
+        "unchanged": 3,
+    }  # fmt: skip
 
     active = run_json(capsys, "people", "list")
     assert [p["email"] for p in active] == [
@@ -441,7 +444,7 @@ def test_people_import_list_and_mail_ok_print_json(acme, capsys, tmp_path):
     ]  # fmt: skip
 
     cleared = run_json(capsys, "people", "mail-ok", "Ana@acme.test", "--reason", "checked")
-    assert cleared == {"email": "ana@acme.test", "released": 0}
+    assert cleared == {"organization": "acme", "email": "ana@acme.test", "released": 0}
 
 
 def test_inbox_commands_print_json_and_cut_the_table_to_the_terminal(acme, capsys, monkeypatch):
@@ -503,6 +506,7 @@ def test_operator_commands_print_their_result_as_json(rt, acme, capsys, tmp_path
     ends = dt.date.fromisoformat(started["ends_on"])
     extended = run_json(capsys, "pip", "extend", "ana@acme.test", "--days", "30")
     assert extended == {
+        "organization": "acme",
         "id": started["id"],
         "employee": "ana@acme.test",
         "days": 30,
@@ -512,7 +516,10 @@ def test_operator_commands_print_their_result_as_json(rt, acme, capsys, tmp_path
     assert warned["employee"] == "ana@acme.test" and warned["kind"] == "written_warning"
     assert isinstance(warned["id"], int)
     closed = run_json(capsys, "pip", "close", "ana@acme.test", "--outcome", "ended")
-    assert closed == {"id": started["id"], "employee": "ana@acme.test", "outcome": "ended"}
+    assert closed == {
+        "organization": "acme", "id": started["id"], "employee": "ana@acme.test",
+        "outcome": "ended",
+    }  # fmt: skip
     (pip,) = run_json(capsys, "pip", "list")
     assert (pip["id"], pip["state"], pip["outcome"]) == (started["id"], "closed", "ended")
     assert pip["ends_on"] == extended["ends_on"]
@@ -525,7 +532,7 @@ def test_operator_commands_print_their_result_as_json(rt, acme, capsys, tmp_path
                     "--text", "Public speaking")  # fmt: skip
     assert item["employee"] == "kai@acme.test" and item["kind"] == "skill"
     done = run_json(capsys, "development", "close", str(item["id"]))
-    assert done == {"id": item["id"], "status": "done"}
+    assert done == {"organization": "acme", "id": item["id"], "status": "done"}
     assert run_json(capsys, "development", "list") == []  # closed: only with --all
     (listed,) = run_json(capsys, "development", "list", "--all")
     assert (listed["id"], listed["status"], listed["text"]) == (
@@ -547,12 +554,16 @@ def test_operator_commands_print_their_result_as_json(rt, acme, capsys, tmp_path
     code, out, _ = run(capsys, "jobs", "failed")
     assert out.splitlines()[0].split()[:3] == ["id", "kind", "attempts"]
     assert f"{task_id}  send" in out and "SMTP 550" in out and "more" not in out
-    assert run_json(capsys, "jobs", "retry", str(task_id)) == {"retried": [task_id], "count": 1}
+    assert run_json(capsys, "jobs", "retry", str(task_id)) == {
+        "organization": "acme", "retried": [task_id], "count": 1,
+    }  # fmt: skip
     with rt.factory() as session:
         assert session.get(Task, task_id).state == TaskState.PENDING
 
     hold = run_json(capsys, "privacy", "hold", "place", "kai@acme.test", "--reason", "Case 9")
-    assert hold == {"id": hold["id"], "employee": "kai@acme.test", "state": "active"}
+    assert hold == {
+        "organization": "acme", "id": hold["id"], "employee": "kai@acme.test", "state": "active",
+    }  # fmt: skip
     (row,) = run_json(capsys, "privacy", "hold", "list")
     assert (row["id"], row["person"], row["reason"], row["released_at"]) == (
         hold["id"], "kai@acme.test", "Case 9", None,
@@ -561,7 +572,11 @@ def test_operator_commands_print_their_result_as_json(rt, acme, capsys, tmp_path
     code, out, _ = run(capsys, "privacy", "hold", "list")
     assert "kai@acme.test" in out and "ACTIVE" in out and out.split()[0] == "id"
     released = run_json(capsys, "privacy", "hold", "release", "kai@acme.test")
-    assert released == {"employee": "kai@acme.test", "released": [hold["id"]]}
+    assert released == {
+        "organization": "acme",
+        "employee": "kai@acme.test",
+        "released": [hold["id"]],
+    }
     assert run_json(capsys, "privacy", "hold", "list") == []
 
 
@@ -570,7 +585,7 @@ def test_console_account_commands_print_json_and_a_table(acme, capsys):
                        "hr_partner", "--no-password")  # fmt: skip
     assert (created["email"], created["role"]) == ("hr@acme.test", "hr_partner")
     disabled = run_json(capsys, "console", "account", "disable", "HR@acme.test")
-    assert disabled == {"email": "hr@acme.test", "active": False}
+    assert disabled == {"organization": "acme", "email": "hr@acme.test", "active": False}
     (account,) = run_json(capsys, "console", "account", "list")
     assert (account["email"], account["active"], account["last_sign_in_at"]) == (
         "hr@acme.test", False, None,

@@ -827,7 +827,9 @@ def test_goals_and_roles_commands(tmp_path, monkeypatch, capsys):
     goals_file.write_text(GOALS_CSV)
     capsys.readouterr()
     assert main(["goals", "import", str(goals_file), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"created": 3, "updated": 0, "unchanged": 0}
+    assert json.loads(capsys.readouterr().out) == {
+        "organization": "default", "created": 3, "updated": 0, "unchanged": 0,
+    }  # fmt: skip
     assert (
         main(["goals", "set", "ana@acme.test", "Lead the design review", "--status", "done"]) == 0
     )
