@@ -909,6 +909,7 @@ def cmd_people_import(args: argparse.Namespace) -> int:
     from automation.db import make_engine, migrate, session_factory, transaction
     from automation.models import Organization
     from automation.people import ensure_organization, import_people_file
+    from automation.services.planning import plan_after_import
 
     settings = _settings(args)
     target = _target(args)
@@ -939,6 +940,12 @@ def cmd_people_import(args: argparse.Namespace) -> int:
                     result = import_people_file(
                         session, org.id, Path(args.file), now, progress=report
                     )
+                    org_id = org.id
+            if result.created or result.updated:
+                # Plan now, not at the next daily run: a client's first plan runs as soon as
+                # `org create` made it, usually before its people are imported.
+                with transaction(scoped_factory(engine, org_id)) as session:
+                    plan_after_import(session, org_id, now)
     finally:
         engine.dispose()
     if args.json:

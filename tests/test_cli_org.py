@@ -173,6 +173,47 @@ def test_people_import_and_list_act_for_the_client_only(two, rt, capsys):
     assert people_of(rt, "acme") == ACME
 
 
+def test_a_clients_people_are_planned_at_import_not_a_day_later(two, rt, clock, capsys):
+    """org create starts the client's daily planning at once, before it has anyone; the
+    import then plans its people now rather than at tomorrow's run."""
+    import datetime as dt
+
+    from automation.models import CheckinSeries, Task, TaskState
+    from automation.services.loop import run_due
+
+    # The commands run on the real clock: the service's is moved to it.
+    clock.advance_to(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    run_due(rt)  # the client's first plan runs with nobody to plan
+    with rt.factory() as session:
+        client = session.scalar(select(Organization.id).where(Organization.slug == CLIENT))
+        done = session.scalars(
+            select(Task.key).where(
+                Task.organization_id == client, Task.kind == "plan", Task.state == TaskState.DONE
+            )
+        ).all()
+    assert done, "the client's daily planning started on its own"
+    run_json(capsys, "--org", CLIENT, "people", "import", str(two))
+    clock.advance_to(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    run_due(rt)
+    with rt.factory() as session:
+        series = session.scalars(
+            select(CheckinSeries).where(CheckinSeries.organization_id == client)
+        ).all()
+    assert len(series) == 2, "the chief's two reports have their series today"
+    # Unchanged people plan nothing more.
+    run_json(capsys, "--org", CLIENT, "people", "import", str(two))
+    with rt.factory() as session:
+        pending = session.scalars(
+            select(Task.key).where(
+                Task.organization_id == client,
+                Task.kind == "plan",
+                Task.state == TaskState.PENDING,
+                Task.due_at <= rt.now(),
+            )
+        ).all()
+    assert pending == []
+
+
 def test_the_report_shows_only_the_client(two, tmp_path, capsys):
     run_json(capsys, "--org", CLIENT, "people", "import", str(two))
     out = tmp_path / "report"

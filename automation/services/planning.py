@@ -509,3 +509,18 @@ def run_planning(rt: Runtime, session: Session, task: Task) -> str:
         rt.now(),
     )
     return f"series+{result.series_created} occurrences+{result.occurrences_created}"
+
+
+def plan_after_import(session: Session, organization_id: int, now: dt.datetime) -> None:
+    """Plan the organization's check-ins now, for people just imported or changed, rather
+    than at its next daily planning (a client's first plan runs as soon as it is created,
+    usually before its people are imported). Keyed by the moment: each import plans once."""
+    create_task(
+        session,
+        organization_id,
+        "plan",
+        f"plan:import:{now.isoformat()}",
+        organization_id,
+        now,
+        now,
+    )
