@@ -367,8 +367,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only", default="", help="run benchmarks whose name starts with this")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size by this")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="leave out benchmarks whose name starts with this (repeatable)",
+    )
     args = parser.parse_args(argv)
-    selected = [name for name in BENCHMARKS if name.startswith(args.only)]
+    selected = [
+        name
+        for name in BENCHMARKS
+        if name.startswith(args.only) and not any(name.startswith(s) for s in args.skip)
+    ]
     if not selected:
         parser.error(f"no benchmark starts with {args.only!r}; known: {', '.join(BENCHMARKS)}")
     results: list[Result] = []

@@ -22,15 +22,17 @@ PEERS = {  # name in the rows -> module to import
 
 
 def test_bench_runner_prints_json_ratios():
+    # tenants runs three service worlds and has its own test (below); --skip leaves it out.
     out = subprocess.run(
-        [sys.executable, "bench/run.py", "--json", "--scale", "0.01"],
+        [sys.executable, "bench/run.py", "--json", "--scale", "0.01", "--skip", "tenants"],
         cwd=ROOT,
         capture_output=True,
-        timeout=300,
+        timeout=600,  # about 210 s on two quiet cores
         check=True,
     )
     results = json.loads(out.stdout)
     names = [r["name"] for r in results]
+    assert not any(n.startswith("tenants.") for n in names)
     assert any(n.startswith("planning.quarter.") for n in names)
     assert any(n.startswith("tick.scan.") for n in names)
     for r in results:
