@@ -73,7 +73,12 @@ from automation import audit
 from automation.db import dialect_insert
 from automation.errors import AutomationError, ConfigError, ConfigProblem
 from automation.models import Organization, OrganizationSecret, Task, TaskState
-from automation.settings import _FIELDS, Settings, _convert  # the main file's own checks
+from automation.settings import (  # the main file's own checks
+    _FIELDS,
+    Settings,
+    _convert,
+    missing_microsoft_tenant,
+)
 
 ORGS_FOLDER = "orgs"  # under the deployment's config_dir, and under its data_dir (the views)
 SETTINGS_FILE = "settings.toml"
@@ -302,15 +307,7 @@ def read_organization_settings(base: Settings, slug: str) -> dict[str, Any]:
             if key in values
         )
     elif values.get("oidc_microsoft_client_id") and not values.get("oidc_microsoft_tenant"):
-        problems.append(
-            ConfigProblem(
-                origin,
-                "oidc_microsoft_tenant",
-                "required when oidc_microsoft_client_id is set",
-                "set it to the directory (tenant) id shown on the app registration's "
-                "Overview page in the Entra admin center",
-            )
-        )
+        problems.append(missing_microsoft_tenant(origin))
     if problems:
         raise ConfigError(problems)
     return values

@@ -372,15 +372,7 @@ def _check_oidc(
             continue
         origin = origins.get(client_id, "(settings)")
         if provider == "microsoft" and not values.get("oidc_microsoft_tenant"):
-            problems.append(
-                ConfigProblem(
-                    origin,
-                    "oidc_microsoft_tenant",
-                    "required when oidc_microsoft_client_id is set",
-                    "set it to the directory (tenant) id shown on the app registration's "
-                    "Overview page in the Entra admin center",
-                )
-            )
+            problems.append(missing_microsoft_tenant(origin))
         secret_env = f"oidc_{provider}_client_secret_env"
         var = values.get(secret_env, _FIELDS[secret_env].default)
         if not (environ.get(var, "").strip() or environ.get(var + "_FILE")):
@@ -501,3 +493,15 @@ def load_settings(
     if problems:
         raise ConfigError(problems)
     return Settings(**values, source=str(file) if file.exists() else "(defaults)")
+
+
+def missing_microsoft_tenant(origin: str) -> ConfigProblem:
+    """The problem of a Microsoft sign-in without its tenant (the main file's and an
+    organization's read the same)."""
+    return ConfigProblem(
+        origin,
+        "oidc_microsoft_tenant",
+        "required when oidc_microsoft_client_id is set",
+        "set it to the directory (tenant) id shown on the app registration's "
+        "Overview page in the Entra admin center",
+    )
