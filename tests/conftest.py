@@ -2,6 +2,19 @@
 
 Tests that need a service (PostgreSQL, Redis, RabbitMQ) fail when ``CI=true`` and the service
 is unreachable, and skip with the reason otherwise.
+
+The suite runs in parallel (pytest-xdist, ``-n`` in pyproject.toml; ``-n 0`` runs it in one
+process). Most of its time is spent waiting (for worker processes, servers, the broker), not
+computing, so four processes share two cores well. What keeps them apart:
+
+- each file runs whole on one process (:func:`pytest_collection_modifyitems` gives every test
+  its file's ``xdist_group``), so a module's fixtures are built once and its tests keep their
+  order;
+- the files that use RabbitMQ share one group: there is one queue on one node, and
+  ``tests/faults.py`` stops the node's application for its outage runs;
+- each process has a Redis database of its own (:data:`REDIS_URL`), because the broker tests
+  empty theirs; it is put in the environment so the ``bench/`` runs a test starts use it too;
+- PostgreSQL tests each get a schema of their own already (:func:`postgres_schema_url`).
 """
 
 from __future__ import annotations
@@ -23,9 +36,41 @@ from automation.settings import PROJECT_ROOT, Settings
 POSTGRES_URL = os.environ.get(
     "AUTOMATION_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@localhost:5432/test"
 )
-REDIS_URL = os.environ.get("AUTOMATION_TEST_REDIS_URL", "redis://localhost:6379/15")
+# Redis databases for the xdist processes gw0, gw1, ...: 11 is bench/scale.py's own.
+_REDIS_DATABASES = (15, 14, 13, 12, 10, 9, 8, 7, 6, 5, 4, 3)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+if "AUTOMATION_TEST_REDIS_URL" not in os.environ:
+    _database = _REDIS_DATABASES[int(_WORKER) % len(_REDIS_DATABASES)] if _WORKER.isdigit() else 15
+    os.environ["AUTOMATION_TEST_REDIS_URL"] = f"redis://localhost:6379/{_database}"
+REDIS_URL = os.environ["AUTOMATION_TEST_REDIS_URL"]
 RABBITMQ_URL = os.environ.get("AUTOMATION_TEST_RABBITMQ_URL", "amqp://guest:guest@localhost:5672/")
 START = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)  # a Monday, a week before US DST
+
+
+# Files that share one broker node; they run on one process, one after the other.
+RABBITMQ_FILES = {"test_brokers.py", "test_faults.py", "test_observability.py"}
+# The slowest files, handed out first so that no process starts one near the end.
+SLOW_FILES = (
+    "test_bench.py",
+    "test_faults.py",
+    "test_isolation.py",
+    "test_demo_clients.py",
+    "test_cli.py",
+    "test_loop.py",
+    "test_calendar_sync.py",
+    "test_console_browser.py",
+    "test_inbound_fuzz.py",
+    "test_cli_org.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One xdist group per file (RabbitMQ's files together), the slowest files first."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("rabbitmq" if name in RABBITMQ_FILES else name))
+    first = {name: rank for rank, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: order kept
 
 
 def require_service(name: str, host: str, port: int) -> None:
