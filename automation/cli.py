@@ -207,6 +207,9 @@ _RESOLVED_DEPLOYMENT_COMMANDS = frozenset(
     }
 )
 _IGNORES_ORG = frozenset({"cmd_completion"})  # the same shell code for every organization
+# The service's own processes: AUTOMATION_ORGANIZATION naming a client there would make the
+# client the deployment's organization (the `organization` setting), so it is refused.
+_SERVICE_COMMANDS = frozenset({"cmd_run", "cmd_worker", "cmd_web", "cmd_ingest_mail"})
 
 
 def _command_words(args: argparse.Namespace) -> str:
@@ -231,6 +234,22 @@ def _choose_organization(args: argparse.Namespace) -> int | None:
             return EX_ORG
         if name in _RESOLVED_DEPLOYMENT_COMMANDS:
             args.target = _resolve(args, None, variable=False)
+        elif name in _SERVICE_COMMANDS:
+            try:
+                target = _resolve(args, None)
+            except UnknownOrganization as exc:
+                print(f"automation: {exc}", file=sys.stderr)
+                return EX_ORG
+            if target.origin == ORGANIZATION_VARIABLE:
+                print(
+                    f"automation: {ORGANIZATION_VARIABLE} names the client organization "
+                    f"{target.slug!r}, but `automation {_command_words(args)}` "
+                    f"{_DEPLOYMENT_COMMANDS[name]} as the deployment's own "
+                    f"({target.deployment!r}): unset {ORGANIZATION_VARIABLE} for it (each "
+                    "client is served from its config/orgs/<slug>/ folder)",
+                    file=sys.stderr,
+                )
+                return EX_ORG
         return None
     if requested is not None and not requested.strip():
         print("automation: --org needs an organization's slug", file=sys.stderr)

@@ -336,6 +336,28 @@ def test_commands_of_the_deployment_refuse_org(two, capsys):
     assert granted["organization"] == CLIENT and granted["changed"] is True
 
 
+def test_the_service_refuses_automation_organization_naming_a_client(two, rt, monkeypatch, capsys):
+    # It would make the client the deployment's own organization: its tasks, its inbox.
+    monkeypatch.setenv("AUTOMATION_ORGANIZATION", CLIENT)
+    for argv, words in (
+        (["run", "--once"], "run"),
+        (["ingest-mail"], "ingest-mail"),
+        (["web"], "web"),
+        (["worker"], "worker"),
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == 2 and out == "", err
+        assert f"AUTOMATION_ORGANIZATION names the client organization '{CLIENT}'" in err
+        assert f"`automation {words}`" in err and "as the deployment's own ('acme')" in err
+    monkeypatch.setenv("AUTOMATION_ORGANIZATION", "nosuch")
+    code, _, err = run(capsys, "run", "--once")
+    assert code == 2 and "no organization 'nosuch'" in err
+    # Naming the deployment's own is what it always meant: the tick runs.
+    monkeypatch.setenv("AUTOMATION_ORGANIZATION", "acme")
+    code, _, err = run(capsys, "run", "--once")
+    assert code == 0, err
+
+
 def test_console_accounts_are_made_in_the_organization_acted_for(two, capsys):
     run_json(capsys, "--org", CLIENT, "people", "import", str(two))
     made = run_json(
