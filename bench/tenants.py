@@ -99,9 +99,12 @@ TASK_SUBJECTS = {
     "retention": "organizations",
     "invite": "checkin_series",
     "agenda": "occurrences",
+    "agenda_update": "occurrences",
     "followup": "occurrences",
     "send": "outbound_messages",
     "ingest": "inbound_messages",
+    "calendar_sync": "calendar_syncs",
+    "calendar_channel_renew": "calendar_syncs",
 }
 # Each audit entry's subject, by subject_kind.
 AUDIT_SUBJECTS = {
@@ -254,16 +257,18 @@ def verify_organizations(world: TenantWorld, result: WorldResult) -> None:
             ]
             if wrong:
                 problems.append(f"organization {org}: " + ", ".join(wrong[:6]))
-        checked, crossing = cross_references(conn, world)
+        checked, crossing = cross_references(conn, world.rt.settings.calendars)
     result.counts["references_checked"] = checked
     if crossing:
         problems.append("rows referencing another organization's: " + "; ".join(crossing[:6]))
 
 
-def cross_references(conn: Any, world: TenantWorld) -> tuple[int, list[str]]:
+def cross_references(conn: Any, calendars: Path | None) -> tuple[int, list[str]]:
     """(references checked, those that cross organizations): every foreign key between two
-    tenant tables, each task's and each audit entry's subject, each email's recipients and
-    each calendar file's events."""
+    tenant tables, each task's and each audit entry's subject (of the kinds in
+    :data:`TASK_SUBJECTS` and :data:`AUDIT_SUBJECTS`), each email's recipients and each event
+    of the calendar files in ``calendars``. On PostgreSQL and SQLite (tests/test_demo_clients.py
+    checks the demo's two clients with it)."""
     from sqlalchemy import text
 
     from automation.models import Base
@@ -323,7 +328,7 @@ def cross_references(conn: Any, world: TenantWorld) -> tuple[int, list[str]]:
     # Calendar files: each event one of a series of the file's owner's organization.
     series_org = dict(conn.execute(text("SELECT uid, organization_id FROM checkin_series")).all())
     bad = total = 0
-    for path in world.rt.settings.calendars.glob("*.ics"):
+    for path in calendars.glob("*.ics") if calendars else ():
         org = owner_of.get(path.stem.lower())
         for uid, n in ics_uids(path.read_bytes()).items():
             total += n

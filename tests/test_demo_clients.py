@@ -41,7 +41,6 @@ from automation.demo import (
     run_demo,
 )
 from automation.models import (
-    Base,
     CalendarLink,
     CheckinSeries,
     ConversationRecord,
@@ -378,60 +377,13 @@ def test_replies_were_read_from_each_clients_own_mailbox_and_recorded_there(demo
 
 # --------------------------------------------------------------------------- isolation
 
-# A task's and an audit entry's subject, by kind: the table its subject_id is a row of.
-TASK_SUBJECTS = {
-    "plan": "organizations",
-    "retention": "organizations",
-    "invite": "checkin_series",
-    "agenda": "occurrences",
-    "agenda_update": "occurrences",
-    "followup": "occurrences",
-    "send": "outbound_messages",
-    "ingest": "inbound_messages",
-    "calendar_sync": "calendar_syncs",
-    "calendar_channel_renew": "calendar_syncs",
-}
-
 
 def test_no_row_of_one_organization_references_anothers(demo: Demo) -> None:
-    checked, crossing = 0, []
+    from bench.tenants import cross_references
+
     with demo.session() as session:
-
-        def count(label: str, sql: str) -> None:
-            nonlocal checked
-            total, bad = session.execute(text(sql)).one()
-            checked += int(total or 0)
-            if bad:
-                crossing.append(f"{bad} {label}")
-
-        for table in Base.metadata.sorted_tables:
-            if "organization_id" not in table.c:
-                continue
-            for fk in table.foreign_key_constraints:
-                target = fk.referred_table
-                if target.name == "organizations" or "organization_id" not in target.c:
-                    continue
-                on = " AND ".join(f"t.{e.parent.name} = r.{e.column.name}" for e in fk.elements)
-                count(
-                    f"{table.name} -> {target.name}",
-                    "SELECT count(*), sum(CASE WHEN t.organization_id <> r.organization_id "
-                    f"THEN 1 ELSE 0 END) FROM {table.name} t JOIN {target.name} r ON {on}",
-                )
-        for kind, target in TASK_SUBJECTS.items():
-            owner = "r.id" if target == "organizations" else "r.organization_id"
-            count(
-                f"tasks of kind {kind} -> {target}",
-                f"SELECT count(*), sum(CASE WHEN {owner} IS t.organization_id THEN 0 ELSE 1 END) "
-                f"FROM tasks t LEFT JOIN {target} r ON r.id = t.subject_id "
-                f"WHERE t.kind = '{kind}' AND t.subject_id IS NOT NULL",
-            )
-        owner_of = {p.email.lower(): p.organization_id for p in session.scalars(select(Person))}
-        for row in session.scalars(select(OutboundMessage)):
-            for address in row.recipients or []:
-                checked += 1
-                if owner_of.get(address.lower()) != row.organization_id:
-                    crossing.append(f"email {row.id} to {address}")
-        for person, org in owner_of.items():
+        checked, crossing = cross_references(session.connection(), None)
+        for person, org in session.execute(select(Person.email, Person.organization_id)):
             slug = next(s for s, i in demo.ids.items() if i == org)
             if not person.endswith("@" + DOMAIN[slug]):
                 crossing.append(f"{person} in {slug}")
