@@ -614,22 +614,6 @@ def load_fakes() -> Any:
     return SimpleNamespace(gmail=gmail, google_calendar=google_calendar, graph=graph)
 
 
-def _graph_on(module: Any, clock: SimulatedClock) -> Any:
-    """The Graph fake, judging a subscription's expiry by the demo's clock: it compares the
-    asked expiry with the wall clock, and the simulated weeks are not now. The time is moved
-    to the wall clock for the fake's own check (its limits stay its own) and back."""
-
-    class DemoGraph(module.GraphFake):  # type: ignore[misc, name-defined]
-        def _expiry(self, text: str) -> str:
-            shift = dt.datetime.now(dt.UTC) - clock.now()
-            asked = module.fromiso(text)
-            asked = asked if asked.tzinfo else asked.replace(tzinfo=dt.UTC)
-            granted = module.fromiso(super()._expiry(module.graph_stamp(asked + shift)))
-            return str(module.graph_stamp(granted - shift))
-
-    return DemoGraph
-
-
 @dataclass
 class ClientFakes:
     """The providers the clients use, served on loopback for the run: Google (Calendar and
@@ -648,11 +632,12 @@ class ClientFakes:
         # One Google: the key names one token endpoint (the Calendar fake's) for both APIs,
         # so the Gmail fake honours the tokens it issues.
         gmail.tokens = google.tokens
-        graph = _graph_on(module.graph, clock)(
+        graph = module.graph.GraphFake(
             tenant=str(uuid.UUID(int=random.Random("tenant").getrandbits(128))),
             client_id=str(uuid.UUID(int=random.Random("client").getrandbits(128))),
             client_secret=secrets.token_urlsafe(24),
             validate_subscriptions=False,  # nothing serves the notification URL
+            clock=clock.now,  # mail stamps and subscription expiry in the simulated weeks
         )
         started: list[Any] = []
         try:

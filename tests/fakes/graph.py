@@ -660,7 +660,7 @@ class MailboxFake:
             ),
             "AAQkConv" + secrets.token_urlsafe(12),
         )
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         item = MailItem(
             immutable_id="AAkALgImm" + secrets.token_urlsafe(18),
             rest_id="AAMkADRest" + secrets.token_urlsafe(18),
@@ -691,7 +691,7 @@ class MailboxFake:
         """Move (a new rest id, as Exchange gives a moved item) or, with None, delete."""
         self._mail_change(item, "removed", item.folder)
         self._rest_ids.pop(item.rest_id, None)
-        item.modified = dt.datetime.now(dt.UTC)
+        item.modified = self.clock()
         if folder is None:
             item.gone = True
             return
@@ -950,7 +950,7 @@ class MailboxFake:
                     "id": str(prop["id"]),
                     "value": str(prop.get("value", "")),
                 }
-            item.modified = dt.datetime.now(dt.UTC)
+            item.modified = self.clock()
         return Response(200, self._mail_json(item, immutable, query.get("$select")))
 
     def _mail_move_call(self, mailbox: str, ref: str, data: Any, immutable: bool) -> Response:
@@ -1119,8 +1119,12 @@ class GraphFake(MailboxFake):
         rewrite_internet_message_ids: bool = False,
         outbox_requests: int = 0,
         mail_request_limit: int = MAIL_REQUEST_LIMIT,
+        clock: Callable[[], dt.datetime] | None = None,
     ):
         self.tenant, self.client_id, self.client_secret = tenant, client_id, client_secret
+        # What "now" is for mail stamps, event stamps and subscription expiry: a simulated
+        # clock's (the demo's weeks) or the wall clock. Access tokens keep the wall clock.
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.tls = tls
         self.page_size = page_size
         self.delta_masters = delta_masters
@@ -1283,7 +1287,7 @@ class GraphFake(MailboxFake):
         instance: dt.datetime | None = None,
     ) -> None:
         """An attendee answers the series, or one instance (by its original start)."""
-        status = {"response": response, "time": graph_stamp(dt.datetime.now(dt.UTC))}
+        status = {"response": response, "time": graph_stamp(self.clock())}
         with self._lock:
             ev = self._live(event_id)
             if instance is None:
@@ -1660,7 +1664,7 @@ class GraphFake(MailboxFake):
         data.setdefault("iCalUId", "040000008200E00074C5B7101A82E008" + secrets.token_hex(24))
         data.setdefault("showAs", "busy")
         data.setdefault("isAllDay", False)
-        data["createdDateTime"] = graph_stamp(dt.datetime.now(dt.UTC))
+        data["createdDateTime"] = graph_stamp(self.clock())
         data["organizer"] = {"emailAddress": {"address": mailbox.lower(), "name": mailbox}}
         self._events[ev.id] = ev
         self._changed(ev, "series")
@@ -1668,7 +1672,7 @@ class GraphFake(MailboxFake):
 
     def _changed(self, ev: Event, kind: str, original: dt.datetime | None = None) -> None:
         self._seq += 1
-        ev.data["lastModifiedDateTime"] = graph_stamp(dt.datetime.now(dt.UTC))
+        ev.data["lastModifiedDateTime"] = graph_stamp(self.clock())
         self._changes.setdefault(ev.mailbox, []).append((self._seq, kind, ev.id, original))
 
     def _live(self, event_id: str) -> Event:
@@ -2222,7 +2226,7 @@ class GraphFake(MailboxFake):
     def _expiry(self, text: str) -> str:
         when = fromiso(text)
         when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
-        now = dt.datetime.now(dt.UTC)
+        now = self.clock()
         if when <= now:
             raise GraphError(400, "InvalidRequest", "expirationDateTime is in the past")
         if when > now + dt.timedelta(minutes=self.subscription_max_minutes + 1):
