@@ -41,7 +41,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import jinja2
 from sqlalchemy import func, select
 
 from automation import audit, organizations
@@ -1229,13 +1228,10 @@ def write_report(rt: Runtime, org_id: int, summary: DemoSummary, out: Path) -> N
             rows=rows,
             quarantined=quarantined,
             org={"name": rt.settings.organization_name},
+            clients=summary.clients,
+            paths=_relative_paths(summary.clients, out),
         )
     )
-    if summary.clients:
-        section = _CLIENTS_SECTION.render(
-            clients=summary.clients, out=out, paths=_relative_paths(summary.clients, out)
-        )
-        html = html.replace("</body>", section + "</body>", 1)
     (out / "report.html").write_text(html)
 
 
@@ -1246,39 +1242,6 @@ def _relative_paths(clients: Sequence[ClientSummary], out: Path) -> dict[str, di
         return path
 
     return {c.slug: {"data": rel(c.data), "folder": rel(c.folder)} for c in clients}
-
-
-# The per-organization section of report.html with --clients: figures only (each client's
-# people and records are in its own report, clients/<slug>/report.html).
-_CLIENTS_SECTION = jinja2.Environment(autoescape=True).from_string(
-    """
-<h2>Client organizations</h2>
-<p class="muted">Each on its own providers (local fakes of Google and Microsoft 365), its own
-cadences and templates; a consultant account sees them side by side in the console
-(/console/clients), and neither client sees the other.</p>
-<table class="counts">
-  <tr><th>organization</th><th>calendar</th><th>mail</th><th>cadences</th><th>people</th>
-  <th>series</th><th>meetings</th><th>invites</th><th>events in its calendar fake</th>
-  <th>emails sent (through its mail fake)</th><th>replies delivered / taken in</th>
-  <th>records</th><th>reminders</th><th>escalations</th><th>audit chain</th></tr>
-  {% for c in clients %}
-  <tr id="client-{{ c.slug }}">
-    <td>{{ c.name }} <span class="muted">({{ c.slug }})</span><br>
-      <a href="{{ paths[c.slug].data }}/report.html">its report</a>
-      <span class="muted">&middot; {{ paths[c.slug].folder }}</span></td>
-    <td>{{ c.calendar }}</td><td>{{ c.mail }}</td><td>{{ c.cadences }}</td>
-    <td>{{ c.people }}</td><td>{{ c.series }}</td><td>{{ c.occurrences }}</td>
-    <td>{{ c.invites }}</td>
-    <td>{{ c.events_in_fake }} in {{ c.calendars_in_fake }} calendars</td>
-    <td>{{ c.emails_sent }} ({{ c.sent_through_fake }})</td>
-    <td>{{ c.replies_delivered }} / {{ c.replies_ingested }}</td>
-    <td>{{ c.records }}</td><td>{{ c.reminders }}</td><td>{{ c.escalations }}</td>
-    <td>{{ "intact" if c.audit_chain_intact else "BROKEN" }}</td>
-  </tr>
-  {% endfor %}
-</table>
-"""
-)
 
 
 def write_settings(settings: Settings, out: Path) -> Path:
