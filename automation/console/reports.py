@@ -44,6 +44,7 @@ from automation.services import inbound
 from automation.services.report import (
     CHARTS,
     ConsistencyReport,
+    Figures,
     as_json,
     bar_chart,
     consistency_report,
@@ -203,29 +204,6 @@ def report_csv(
     )
 
 
-class FiguresOut(BaseModel):
-    """One group's figures: a manager, a team, or the organisation (key 0)."""
-
-    key: int
-    name: str
-    email: str
-    direct_reports: int
-    due: int
-    held_or_documented: int
-    documented: int
-    skipped: int
-    completion_pct: float | None
-    documented_pct: float | None
-    delay_median_hours: float | None
-    delay_p90_hours: float | None
-    overdue_checkins: int
-    overdue_pip_reviews: int
-    overdue_action_items: int
-    pips: int
-    pip_states: dict[str, int]
-    pip_outcomes: dict[str, int]
-
-
 class ReportOut(BaseModel):
     """The consistency report, as ``automation report consistency --json`` prints it."""
 
@@ -233,9 +211,9 @@ class ReportOut(BaseModel):
     as_of: str
     period_from: str | None
     period_to: str | None
-    org: FiguresOut
-    managers: list[FiguresOut]
-    teams: list[FiguresOut]
+    org: Figures  # the report's own dataclass: one description of the figures
+    managers: list[Figures]
+    teams: list[Figures]
 
 
 class ProblemOut(BaseModel):
