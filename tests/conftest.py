@@ -163,3 +163,51 @@ def start_organization(rt, folder: Path, people: str = ACME_PEOPLE) -> int:  # t
         import_people_file(session, org_id, csv, rt.now())
     run_due(rt)
     return org_id
+
+
+def advance_until(rt, clock: SimulatedClock, moment: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+    """Move the clock in one-hour steps to ``moment``, running due work at each, as the tick
+    would.
+
+    Steps at which nothing can happen are skipped: where only a task makes anything happen
+    (one organization, the embedded calendar and inbox: no provider polled on a timer), the
+    clock goes from the first step straight to the first step at or after the next task's
+    due time (or lease expiry). The steps skipped would have found nothing due and an empty
+    inbox (what was delivered before the call is taken in at the first step), so what runs,
+    and at which clock time, is what hourly steps give; most of a loop test's weeks are such
+    steps."""
+    from automation.adapters.local import MaildirInbox
+    from automation.runtime import NoInbox
+    from automation.services.loop import organizations, run_due
+
+    hour = dt.timedelta(hours=1)
+    quiet = (
+        rt.calendar.name in ("local", "imip")
+        and isinstance(rt.inbox, MaildirInbox | NoInbox)
+        and len(organizations(rt)) <= 1
+    )
+    first = True
+    while clock.now() < moment:
+        step = min(hour, moment - clock.now())
+        if quiet and not first:
+            wake = _next_wakeup(rt)
+            if wake is None or wake > clock.now() + hour:
+                hours = -(-(min(wake or moment, moment) - clock.now()) // hour)  # ceiling
+                step = min(hours * hour, moment - clock.now())
+        clock.advance(step)
+        run_due(rt)
+        first = False
+
+
+def _next_wakeup(rt) -> dt.datetime | None:  # type: ignore[no-untyped-def]
+    """When a task next falls due or a lease runs out: what the tick would next find."""
+    from sqlalchemy import func, select
+
+    from automation.models import Task, TaskState
+
+    with rt.factory() as session:
+        due = session.scalar(select(func.min(Task.due_at)).where(Task.state == TaskState.PENDING))
+        lease = session.scalar(
+            select(func.min(Task.lease_until)).where(Task.state == TaskState.LEASED)
+        )
+    return min((t for t in (due, lease) if t is not None), default=None)

@@ -35,7 +35,7 @@ from automation.runtime import build_runtime
 from automation.services.inbound import delivery_report
 from automation.services.loop import bootstrap, run_due
 from automation.settings import PROJECT_ROOT
-from tests.conftest import start_organization
+from tests.conftest import advance_until, start_organization
 
 PEOPLE = """email,name,timezone,manager_email,hr_partner_email
 boss@acme.test,Bea Boss,America/New_York,,hr@acme.test
@@ -89,12 +89,6 @@ def first_occurrence(rt, employee: str = "ana@acme.test") -> Occurrence:
             .where(Person.email == employee)
             .order_by(Occurrence.start_at)
         ).first()
-
-
-def advance_until(rt, clock, moment: dt.datetime) -> None:
-    while clock.now() < moment:
-        clock.advance(min(dt.timedelta(hours=1), moment - clock.now()))
-        run_due(rt)
 
 
 def outbox(rt, kind: str) -> list[OutboundMessage]:

@@ -29,7 +29,7 @@ from automation.models import (
 )
 from automation.people import import_people_file
 from automation.services.loop import run_due, tick
-from tests.conftest import ACME_PEOPLE, start_organization
+from tests.conftest import ACME_PEOPLE, advance_until, start_organization
 
 PEOPLE = ACME_PEOPLE
 
@@ -60,13 +60,6 @@ def occurrences(rt, employee_email: str) -> list[Occurrence]:
                 .order_by(Occurrence.start_at)
             )
         )
-
-
-def advance_until(rt, clock, moment: dt.datetime) -> None:
-    """Move the clock in one-hour steps, running due work at each, like a real tick would."""
-    while clock.now() < moment:
-        clock.advance(min(dt.timedelta(hours=1), moment - clock.now()))
-        run_due(rt)
 
 
 def reply_to(
