@@ -165,22 +165,23 @@ def start_organization(rt, folder: Path, people: str = ACME_PEOPLE) -> int:  # t
     return org_id
 
 
-def advance_until(rt, clock: SimulatedClock, moment: dt.datetime) -> None:  # type: ignore[no-untyped-def]
-    """Move the clock in one-hour steps to ``moment``, running due work at each, as the tick
-    would.
+def advance_until(  # type: ignore[no-untyped-def]
+    rt, clock: SimulatedClock, moment: dt.datetime, step: dt.timedelta = dt.timedelta(hours=1)
+) -> None:
+    """Move the clock in steps (an hour unless ``step``) to ``moment``, running due work at
+    each, as the tick would.
 
     Steps at which nothing can happen are skipped: where only a task makes anything happen
     (one organization, the embedded calendar and inbox: no provider polled on a timer), the
     clock goes from the first step straight to the first step at or after the next task's
     due time (or lease expiry). The steps skipped would have found nothing due and an empty
     inbox (what was delivered before the call is taken in at the first step), so what runs,
-    and at which clock time, is what hourly steps give; most of a loop test's weeks are such
+    and at which clock time, is what every step gives; most of a loop test's weeks are such
     steps."""
     from automation.adapters.local import MaildirInbox
     from automation.runtime import NoInbox
     from automation.services.loop import organizations, run_due
 
-    hour = dt.timedelta(hours=1)
     quiet = (
         rt.calendar.name in ("local", "imip")
         and isinstance(rt.inbox, MaildirInbox | NoInbox)
@@ -188,13 +189,13 @@ def advance_until(rt, clock: SimulatedClock, moment: dt.datetime) -> None:  # ty
     )
     first = True
     while clock.now() < moment:
-        step = min(hour, moment - clock.now())
+        advance = min(step, moment - clock.now())
         if quiet and not first:
             wake = _next_wakeup(rt)
-            if wake is None or wake > clock.now() + hour:
-                hours = -(-(min(wake or moment, moment) - clock.now()) // hour)  # ceiling
-                step = min(hours * hour, moment - clock.now())
-        clock.advance(step)
+            if wake is None or wake > clock.now() + step:
+                steps = -(-(min(wake or moment, moment) - clock.now()) // step)  # ceiling
+                advance = min(steps * step, moment - clock.now())
+        clock.advance(advance)
         run_due(rt)
         first = False
 

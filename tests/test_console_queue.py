@@ -19,14 +19,12 @@ from automation.models import (
     Person,
     Reassignment,
 )
-from automation.services.loop import run_due
+from tests.conftest import advance_until
 from tests.console_support import Console, console  # noqa: F401
 
 
 def advance(console: Console, clock: SimulatedClock, until: dt.datetime) -> None:  # noqa: F811
-    while clock.now() < until:
-        clock.advance(min(dt.timedelta(hours=3), until - clock.now()))
-        run_due(console.rt)
+    advance_until(console.rt, clock, until, dt.timedelta(hours=3))
 
 
 def first_checkin(console: Console, employee: str) -> Occurrence:  # noqa: F811

@@ -30,15 +30,14 @@ from automation.models import (
 from automation.people import ensure_organization
 from automation.services.loop import run_due
 from automation.services.report import CHARTS, as_json, consistency_report, csv_columns
+from tests.conftest import advance_until as run_until
 from tests.console_support import Console, console  # noqa: F401
 
 # --------------------------------------------------------------------------- helpers
 
 
 def advance_until(site: Console, clock: SimulatedClock, moment: dt.datetime) -> None:
-    while clock.now() < moment:
-        clock.advance(min(dt.timedelta(hours=1), moment - clock.now()))
-        run_due(site.rt)
+    run_until(site.rt, clock, moment)
 
 
 def prompted(site: Console, clock: SimulatedClock) -> OutboundMessage:

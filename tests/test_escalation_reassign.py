@@ -37,7 +37,7 @@ from automation.runtime import Runtime
 from automation.services import escalation
 from automation.services.escalation import QueueError
 from automation.services.loop import run_due
-from tests.conftest import start_organization
+from tests.conftest import advance_until, start_organization
 from tests.console_support import PEOPLE
 
 
@@ -48,9 +48,7 @@ def org(rt: Runtime, tmp_path: Path) -> int:
 
 def advance(rt: Runtime, clock: SimulatedClock, until: dt.datetime, step_hours: int = 3) -> None:
     """Move the clock in steps, running what falls due at each, as the tick would."""
-    while clock.now() < until:
-        clock.advance(min(dt.timedelta(hours=step_hours), until - clock.now()))
-        run_due(rt)
+    advance_until(rt, clock, until, dt.timedelta(hours=step_hours))
 
 
 def person(rt: Runtime, org: int, address: str) -> Person:
