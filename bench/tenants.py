@@ -59,6 +59,7 @@ does."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -319,6 +320,8 @@ def cross_references(conn: Any, calendars: Path | None) -> tuple[int, list[str]]
     for org, recipients in conn.execute(
         text("SELECT organization_id, recipients FROM outbound_messages")
     ):
+        if isinstance(recipients, str):  # SQLite hands a JSON column to plain SQL as text
+            recipients = json.loads(recipients)
         for address in recipients or []:
             total += 1
             bad += owner_of.get(str(address).lower()) != org
