@@ -27,7 +27,7 @@ def test_bench_runner_prints_json_ratios():
         [sys.executable, "bench/run.py", "--json", "--scale", "0.01", "--skip", "tenants"],
         cwd=ROOT,
         capture_output=True,
-        timeout=600,  # about 210 s on two quiet cores
+        timeout=1800,  # about 210 s on two quiet cores, 566 s beside three other test processes
         check=True,
     )
     results = json.loads(out.stdout)

@@ -47,7 +47,7 @@ def automation(
         capture_output=True,
         env=full_env,
         cwd=cwd,
-        timeout=300,
+        timeout=600,  # the demo's runs share two cores with three other test processes
     )
 
 
