@@ -4,17 +4,21 @@ Tests that need a service (PostgreSQL, Redis, RabbitMQ) fail when ``CI=true`` an
 is unreachable, and skip with the reason otherwise.
 
 The suite runs in parallel (pytest-xdist, ``-n`` in pyproject.toml; ``-n 0`` runs it in one
-process). On two cores it is bound by the CPU: four processes took a clean clone's run from
-51-60 minutes to about 40, not to a quarter. What keeps them apart:
+process). On two cores it is bound by the CPU. What keeps the processes apart:
 
-- each file runs whole on one process (:func:`pytest_collection_modifyitems` gives every test
-  its file's ``xdist_group``), so a module's fixtures are built once and its tests keep their
-  order;
-- the files that use RabbitMQ share one group: there is one queue on one node, and
-  ``tests/faults.py`` stops the node's application for its outage runs;
+- most tests are handed out one at a time, to whichever process is free next;
+- the files that use RabbitMQ are one unit of work and so run on one process, one test after
+  the other: there is one queue on one node, and ``tests/faults.py`` stops the node's
+  application for its outage runs (run beside the others, it refused their connections);
+- a file whose module fixture is expensive (:data:`WHOLE_FILES`) is one unit too, so the
+  fixture is built once, not once per process;
 - each process has a Redis database of its own (:data:`REDIS_URL`), because the broker tests
   empty theirs; it is put in the environment so the ``bench/`` runs a test starts use it too;
 - PostgreSQL tests each get a schema of their own already (:func:`postgres_schema_url`).
+
+The units are made by :func:`pytest_xdist_make_scheduler` from the test ids, not with
+``xdist_group`` marks: pytest-xdist 3.8 applies those by rewriting ``item._nodeid``, which
+pytest 9.2 no longer reads, so under ``--dist loadgroup`` every test ran wherever it fell.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -49,6 +54,9 @@ START = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)  # a Monday, a week before 
 
 # Files that share one broker node; they run on one process, one after the other.
 RABBITMQ_FILES = {"test_brokers.py", "test_faults.py", "test_observability.py"}
+# Files whose module-scoped fixtures take long to build (a demo, a filled world of two
+# organizations, benchmark rows): each runs whole on one process.
+WHOLE_FILES = {"test_bench.py", "test_demo_clients.py", "test_inbound_fuzz.py", "test_isolation.py"}
 # The slowest files, handed out first so that no process starts one near the end.
 SLOW_FILES = (
     "test_bench.py",
@@ -64,11 +72,28 @@ SLOW_FILES = (
 )
 
 
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: ``rabbitmq``, its file for :data:`WHOLE_FILES`,
+    or itself."""
+    name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    if name in RABBITMQ_FILES:
+        return "rabbitmq"
+    return name if name in WHOLE_FILES else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Hand out :func:`work_unit` units, each whole to one process, in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return WorkUnits(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """One xdist group per file (RabbitMQ's files together), the slowest files first."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("rabbitmq" if name in RABBITMQ_FILES else name))
+    """The slowest files first."""
     first = {name: rank for rank, name in enumerate(SLOW_FILES)}
     items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: order kept
 
