@@ -28,8 +28,8 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
