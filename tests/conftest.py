@@ -48,6 +48,9 @@ if "AUTOMATION_TEST_REDIS_URL" not in os.environ:
     _database = _REDIS_DATABASES[int(_WORKER) % len(_REDIS_DATABASES)] if _WORKER.isdigit() else 15
     os.environ["AUTOMATION_TEST_REDIS_URL"] = f"redis://localhost:6379/{_database}"
 REDIS_URL = os.environ["AUTOMATION_TEST_REDIS_URL"]
+# bench/scale.py (and tenants, which builds on it) empties its queue at the start: the runs
+# that tests start use the process's database, not the shared 11 that two of them would clear.
+os.environ.setdefault("AUTOMATION_BENCH_SCALE_BROKER_URL", REDIS_URL)
 RABBITMQ_URL = os.environ.get("AUTOMATION_TEST_RABBITMQ_URL", "amqp://guest:guest@localhost:5672/")
 START = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)  # a Monday, a week before US DST
 
@@ -55,8 +58,8 @@ START = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)  # a Monday, a week before 
 # Files that share one broker node; they run on one process, one after the other.
 RABBITMQ_FILES = {"test_brokers.py", "test_faults.py", "test_observability.py"}
 # Files whose module-scoped fixtures take long to build (a demo, a filled world of two
-# organizations, benchmark rows): each runs whole on one process.
-WHOLE_FILES = {"test_bench.py", "test_demo_clients.py", "test_inbound_fuzz.py", "test_isolation.py"}
+# organizations): each runs whole on one process.
+WHOLE_FILES = {"test_demo_clients.py", "test_inbound_fuzz.py", "test_isolation.py"}
 # The slowest files, handed out first so that no process starts one near the end.
 SLOW_FILES = (
     "test_bench.py",

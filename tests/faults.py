@@ -788,7 +788,36 @@ class FaultRun:
                 time.sleep(0.5)
         raise AssertionError(
             f"not drained after {self.config.drain_timeout:.0f}s: "
-            f"{self._counts()} due/unanswered, {self._unsettled()} unsettled"
+            f"{self._counts()} due/unanswered, {self._unsettled()} unsettled; {self._stuck()}"
+        )
+
+    def _stuck(self) -> str:
+        """What a failed drain left: the due or leased tasks and unsent emails, and the end of
+        the running worker's log, for the failure message."""
+        from automation.models import OutboundMessage, Task, TaskState
+
+        now = dt.datetime.now(dt.UTC)
+        with self.rt.factory() as session:
+            tasks = session.execute(
+                select(Task.kind, Task.state, Task.attempts, Task.due_at, Task.lease_until,
+                       Task.last_error)
+                .where(
+                    (Task.state == TaskState.LEASED)
+                    | ((Task.state == TaskState.PENDING) & (Task.due_at <= now))
+                )
+                .limit(10)
+            ).all()  # fmt: skip
+            unsent = session.execute(
+                select(OutboundMessage.kind, OutboundMessage.state)
+                .where(OutboundMessage.state != "sent")
+                .limit(10)
+            ).all()
+        log = self.worker_logs[-1].read_text(errors="replace") if self.worker_logs else ""
+        alive = self.worker is not None and self.worker.poll() is None
+        return (
+            f"tasks {[tuple(str(v)[:160] for v in row) for row in tasks]}; "
+            f"unsent {[tuple(row) for row in unsent]}; worker alive {alive}, "
+            f"{self.result_.worker_exits} exits; its log ends: {log[-3000:]}"
         )
 
     # -- counting -------------------------------------------------------------------------

@@ -21,44 +21,49 @@ PEERS = {  # name in the rows -> module to import
 }
 
 
-def test_bench_runner_prints_json_ratios():
-    # tenants runs three service worlds and has its own test (below); --skip leaves it out.
-    out = subprocess.run(
-        [sys.executable, "bench/run.py", "--json", "--scale", "0.01", "--skip", "tenants"],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=1800,  # about 210 s on two quiet cores, 566 s beside three other test processes
-        check=True,
+# One test per part of the runner, so the parallel suite spreads them; the reply benchmark
+# (replies_rows) and tenants have tests of their own below.
+RUNS = (
+    "planning",
+    "tick",
+    "calendar",
+    "mail",
+    "escalation",
+    "ingest",
+    "faults.kill9",
+    "faults.providers",
+    "faults.dbdrop",
+    "scale",
+    "agenda",
+)
+TESTED_APART = ("replies", "tenants")
+
+
+def bench_run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "bench/run.py", *args], cwd=ROOT, capture_output=True, timeout=timeout
     )
+
+
+@pytest.mark.parametrize("prefix", RUNS)
+def test_bench_runner_prints_json_ratios(prefix):
+    out = bench_run("--json", "--scale", "0.01", "--only", prefix)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")[-3000:]
     results = json.loads(out.stdout)
-    names = [r["name"] for r in results]
-    assert not any(n.startswith("tenants.") for n in names)
-    assert any(n.startswith("planning.quarter.") for n in names)
-    assert any(n.startswith("tick.scan.") for n in names)
+    assert results and all(r["name"].startswith(prefix + ".") for r in results)
     for r in results:
         assert set(r) >= {"name", "value", "unit", "baseline", "ratio"}
-        if r["name"].startswith("replies."):
-            continue  # scores, goal and missing-peer rows may be 0: see test_bench_replies_rows
-        assert r["value"] > 0 and r["baseline"] > 0
+        assert r["value"] > 0 and r["baseline"] > 0, r
         assert abs(r["ratio"] - r["value"] / r["baseline"]) < 1e-9
 
 
-def test_bench_only_selects_by_prefix():
-    out = subprocess.run(
-        [sys.executable, "bench/run.py", "--json", "--scale", "0.01", "--only", "tick"],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=300,
-        check=True,
-    )
-    assert [r["name"].split(".")[0] for r in json.loads(out.stdout)] == ["tick"]
-    bad = subprocess.run(
-        [sys.executable, "bench/run.py", "--only", "nope"],
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and b"known: planning.quarter" in bad.stderr
+def test_the_runner_tests_cover_every_benchmark_and_an_unknown_name_is_refused():
+    bad = bench_run("--only", "nope", timeout=120)
+    assert bad.returncode == 2
+    known = bad.stderr.decode().rpartition("known: ")[2].strip().split(", ")
+    assert "planning.quarter" in known
+    untested = [n for n in known if not n.startswith(RUNS + TESTED_APART)]
+    assert untested == [], "add them to RUNS"
 
 
 def _installed(module: str) -> bool:
@@ -114,11 +119,20 @@ def test_bench_replies_rows(replies_rows):
             assert not any(n.endswith(f".{peer}") for n in rows if "missing" not in n)
 
 
-@pytest.mark.parametrize("peer", PEERS)
+@pytest.mark.parametrize(
+    "peer",
+    [
+        pytest.param(
+            peer,
+            marks=pytest.mark.skipif(
+                not _installed(module), reason=f"{peer} not installed (pip install -e '.[bench]')"
+            ),
+        )
+        for peer, module in PEERS.items()
+    ],
+)
 def test_bench_replies_peer_rows(replies_rows, peer):
     """Each installed peer has its exact, F1 and speed rows, with the numbers in the notes."""
-    if not _installed(PEERS[peer]):
-        pytest.skip(f"{peer} not installed (pip install -e '.[bench]')")
     if not CORPUS.is_dir():
         pytest.skip(f"reply corpus not found at {CORPUS}")
     rows = replies_rows

@@ -137,7 +137,8 @@ def test_templates_preview_renders_sample_data(env):
 
 
 def test_demo_runs_the_whole_loop_deterministically(env, tmp_path):
-    first = automation("demo", "--json", "--out", str(tmp_path / "one"), env=env)
+    # Two simulated weeks have one of everything counted (a longer run only repeats them).
+    first = automation("demo", "--weeks", "2", "--json", "--out", str(tmp_path / "one"), env=env)
     assert first.returncode == 0, first.stderr
     counts = json.loads(first.stdout)
     assert {k: counts[k] for k in KEYS if counts[k] <= 0} == {}
@@ -152,7 +153,7 @@ def test_demo_runs_the_whole_loop_deterministically(env, tmp_path):
     assert len(json.loads(listed.stdout)) == counts["people"]
     # Everyone is in at least one 1:1 (the head as the managers' manager).
     assert len(list((tmp_path / "one" / "calendars").glob("*.ics"))) == counts["people"]
-    second = automation("demo", "--json", "--out", str(tmp_path / "two"), env=env)
+    second = automation("demo", "--weeks", "2", "--json", "--out", str(tmp_path / "two"), env=env)
     again = json.loads(second.stdout)
     assert {k: again[k] for k in KEYS} == {k: counts[k] for k in KEYS}
     mail_one = sorted(p.read_bytes() for p in (tmp_path / "one/mail/outbox/new").iterdir())
