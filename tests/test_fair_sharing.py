@@ -425,3 +425,48 @@ def test_a_provider_outage_in_one_organization_does_not_take_the_others_share(
     rt.enqueue = sent.append
     tick(rt, limit=100)
     assert failed <= set(sent)
+
+
+# --------------------------------------------------------------------------- tasks a task makes
+
+
+@pytest.mark.parametrize("on", ["stub", pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_task_a_task_made_is_counted_for_its_organization_without_a_look_up(
+    rt, orgs, clock, handler, on, request
+):
+    """A worker sends the tasks its task made (due now) with the organization their rows
+    carry: counted against that organization's cap, and no query for it."""
+    _, beta = orgs
+    spawn = "fair_spawn_test"
+
+    @tasks.handles(spawn)
+    def run(rt, session, task):  # type: ignore[no-untyped-def]
+        tasks.create_task(
+            session, task.organization_id, KIND, f"made-by:{task.id}", task.id, rt.now(), rt.now()
+        )
+        return "made one"
+
+    try:
+        [parent] = tasks_of(rt, beta, spawn, clock.now())
+        sent: list[int] = []
+        looked_up: list[int] = []
+        broker = StubBroker() if on == "stub" else request.getfixturevalue("redis_broker")
+        admission = make_enqueue(capped(rt), sent.append, on=broker)
+        real = admission.organization_of
+        admission.organization_of = lambda task_id: looked_up.append(task_id) or real(task_id)
+        rt.enqueue = admission
+        assert tasks.run_task(rt, parent) == "made one"
+        with rt.factory() as session:
+            made = session.scalar(select(Task.id).where(Task.key == f"made-by:{parent}"))
+        assert sent == [made] and looked_up == []
+        assert admission.waiting_by_organization([beta]) == {beta: 1}
+        admission.finished(made)
+    finally:
+        tasks.HANDLERS.pop(spawn, None)
+
+
+def tasks_of(rt, org: int, kind: str, due_at: dt.datetime) -> list[int]:  # type: ignore[no-untyped-def]
+    with transaction(rt.factory) as session:
+        return list(
+            tasks.create_tasks(session, org, kind, [(f"{kind}:1", 1)], due_at, rt.now()).values()
+        )

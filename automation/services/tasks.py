@@ -170,9 +170,15 @@ def run_task(rt: Runtime, task_id: int) -> str:
             details=run.details,
             settings=rt.settings,
         )
+    # The new rows carry their organization: an enqueue that caps organizations is told it
+    # (send_for) rather than looking each one up.
+    send_for = getattr(rt.enqueue, "send_for", None)
     for new in new_tasks:
         if new.due_at <= rt.now():
-            rt.enqueue(new.id)
+            if send_for is None:
+                rt.enqueue(new.id)
+            else:
+                send_for(new.id, new.organization_id)
     return result
 
 
