@@ -664,18 +664,10 @@ class FaultRun:
 
     def _counts(self) -> tuple[int, int]:
         """(tasks due or leased now, follow-up prompts sent but not answered yet)."""
-        from automation.models import OutboundMessage, Task, TaskState
+        from automation.models import OutboundMessage, Task
 
-        now = dt.datetime.now(dt.UTC)
         with self.rt.factory() as session:
-            due = session.scalar(
-                select(func.count())
-                .select_from(Task)
-                .where(
-                    (Task.state == TaskState.LEASED)
-                    | ((Task.state == TaskState.PENDING) & (Task.due_at <= now))
-                )
-            )
+            due = session.scalar(select(func.count()).select_from(Task).where(due_or_leased()))
             prompts = session.scalar(
                 select(func.count())
                 .select_from(OutboundMessage)
@@ -796,17 +788,13 @@ class FaultRun:
     def _stuck(self) -> str:
         """What a failed drain left: the due or leased tasks and unsent emails, and the end of
         the running worker's log, for the failure message."""
-        from automation.models import OutboundMessage, Task, TaskState
+        from automation.models import OutboundMessage, Task
 
-        now = dt.datetime.now(dt.UTC)
         with self.rt.factory() as session:
             tasks = session.execute(
                 select(Task.kind, Task.state, Task.attempts, Task.due_at, Task.lease_until,
                        Task.last_error)
-                .where(
-                    (Task.state == TaskState.LEASED)
-                    | ((Task.state == TaskState.PENDING) & (Task.due_at <= now))
-                )
+                .where(due_or_leased())
                 .limit(10)
             ).all()  # fmt: skip
             unsent = session.execute(
@@ -1046,6 +1034,15 @@ def tracebacks(output: str, limit: int = 50) -> list[str]:
         if len(found) >= limit:
             break
     return found
+
+
+def due_or_leased() -> Any:
+    """Tasks due now or leased: what the drain waits for."""
+    from automation.models import Task, TaskState
+
+    return (Task.state == TaskState.LEASED) | (
+        (Task.state == TaskState.PENDING) & (Task.due_at <= dt.datetime.now(dt.UTC))
+    )
 
 
 def with_query(url: str, **params: str) -> str:

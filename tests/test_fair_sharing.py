@@ -85,14 +85,16 @@ def orgs(rt) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return alpha, beta
 
 
-def make_due(rt, org: int, count: int, due_at: dt.datetime, tag: str = "") -> list[int]:  # type: ignore[no-untyped-def]
-    """``count`` due tasks of KIND for ``org`` (one multi-row INSERT per 500)."""
+def make_due(  # type: ignore[no-untyped-def]
+    rt, org: int, count: int, due_at: dt.datetime, tag: str = "", kind: str = KIND
+) -> list[int]:
+    """``count`` due tasks of ``kind`` for ``org`` (one multi-row INSERT per 500)."""
     ids: list[int] = []
-    keys = [(f"{KIND}:{tag}{org}:{n}", n) for n in range(count)]
+    keys = [(f"{kind}:{tag}{org}:{n}", n) for n in range(count)]
     with transaction(rt.factory) as session:
         for start in range(0, count, 500):
             made = tasks.create_tasks(
-                session, org, KIND, keys[start : start + 500], due_at, rt.now()
+                session, org, kind, keys[start : start + 500], due_at, rt.now()
             )
             ids.extend(made[key] for key, _ in keys[start : start + 500])
     return ids
@@ -447,7 +449,7 @@ def test_a_task_a_task_made_is_counted_for_its_organization_without_a_look_up(
         return "made one"
 
     try:
-        [parent] = tasks_of(rt, beta, spawn, clock.now())
+        [parent] = make_due(rt, beta, 1, clock.now(), kind=spawn)
         sent: list[int] = []
         looked_up: list[int] = []
         broker = StubBroker() if on == "stub" else request.getfixturevalue("redis_broker")
@@ -463,10 +465,3 @@ def test_a_task_a_task_made_is_counted_for_its_organization_without_a_look_up(
         admission.finished(made)
     finally:
         tasks.HANDLERS.pop(spawn, None)
-
-
-def tasks_of(rt, org: int, kind: str, due_at: dt.datetime) -> list[int]:  # type: ignore[no-untyped-def]
-    with transaction(rt.factory) as session:
-        return list(
-            tasks.create_tasks(session, org, kind, [(f"{kind}:1", 1)], due_at, rt.now()).values()
-        )

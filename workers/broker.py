@@ -183,10 +183,8 @@ class EnqueueOnce:
 
     def __call__(self, task_id: int) -> object:
         """A direct send (``rt.enqueue``): the message, or None when none was sent."""
-        if self.cap is None:
-            return self._send_once(task_id, b"1")[1]
-        organization_id = self.organization_of(task_id) if self.organization_of else None
-        return self._send(task_id, organization_id)[1]
+        counted = self.cap is not None and self.organization_of is not None
+        return self.send_for(task_id, self.organization_of(task_id) if counted else None)
 
     def send_for(self, task_id: int, organization_id: int | None) -> object:
         """A direct send whose organization the caller knows (the tasks a task made): as a
